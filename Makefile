@@ -1,0 +1,31 @@
+# Two commands for a fresh clone:  `make demo` (set up + run the demonstration)  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.seal-tt-installed
+# The pinned set measured to install together; torch==2.13.0 resolves to the local CPU build on CPU-only machines
+# and to the CUDA build from PyPI elsewhere. `make setup CONSTRAINTS=` installs unpinned.
+CONSTRAINTS ?= -c constraints-cpu.txt
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/seal-tt demo
+
+test: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not distributed" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .cache runs .pytest_cache

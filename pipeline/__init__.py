@@ -1,0 +1,1 @@
+"""seal-tt pipeline: configuration, tasks, rewards, run directories and the `seal-tt` CLI."""

@@ -1,0 +1,219 @@
+"""The `seal-tt` command line: each command parses flags into a config object and calls one library function.
+
+Precedence: dataclass defaults < `--config FILE` < named flags (`--teacher`, ...) < `--set key.sub=value`.
+A `UserError` prints one line on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.errors import UserError
+
+app = typer.Typer(
+    name="seal-tt",
+    help="Teach language models new knowledge and skills with self-edits (SEAL with a teacher and a student).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+SET_HELP = "Override any config field, e.g. --set student.lora.r=16 (repeatable)."
+# Flags that take several values after one flag (`--docs a.txt b.txt`); click needs the flag repeated.
+MULTI_VALUE_FLAGS = {"--docs"}
+
+
+def _nested(pairs: dict) -> dict:
+    out: dict = {}
+    for dotted, value in pairs.items():
+        if value is None:
+            continue
+        node = out
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _load(cls, config: Optional[Path], flags: dict, sets: Optional[list[str]]):
+    from pipeline.config import _deep_merge, load_config, parse_override
+
+    overrides = _nested(flags)
+    for item in sets or []:
+        overrides = _deep_merge(overrides, parse_override(item))
+    return load_config(cls, config, overrides)
+
+
+def _quiet_libraries(quiet: bool) -> None:
+    from pipeline.progress import set_quiet
+
+    set_quiet(quiet)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@app.command("init-tiny")
+def init_tiny(
+    output: Path = typer.Argument(..., help="Folder to write <arch>/ model folders into."),
+    arch: list[str] = typer.Option(["llama", "qwen2"], "--arch", help="llama and/or qwen2."),
+    seed: int = typer.Option(0, help="Weight initialisation seed."),
+    corpus: Optional[Path] = typer.Option(None, help="Text file to train the tokenizer on (default: built in)."),
+):
+    """Write small random-weight causal LMs (with tokenizer and chat template) for offline tests and demos."""
+    from pipeline.tiny import ARCHITECTURES, build_tiny_model
+
+    _quiet_libraries(False)
+    text = None
+    if corpus is not None:
+        if not corpus.is_file():
+            raise UserError(f"corpus file not found: {corpus}")
+        text = corpus.read_text(encoding="utf-8")
+    for a in arch:
+        if a not in ARCHITECTURES:
+            raise UserError(f"unknown --arch {a!r}; choose from {', '.join(ARCHITECTURES)}")
+        path = build_tiny_model(output / a, a, seed=seed, corpus=text)
+        typer.echo(str(path))
+
+
+@app.command("adapt-student")
+def adapt_student_cmd(
+    docs: Optional[list[str]] = typer.Option(None, "--docs", help="Documents: files, folders, .json/.jsonl (several allowed)."),
+    teacher: Optional[str] = typer.Option(None, help="Teacher model: hub id or local folder."),
+    student: Optional[str] = typer.Option(None, help="Student model: hub id or local folder (may equal --teacher)."),
+    questions: Optional[str] = typer.Option(None, help="JSON/JSONL questions {document, question, answer} to score."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Run folder (default runs/adapt)."),
+    task: Optional[str] = typer.Option(None, help="knowledge (default) or arc."),
+    arc_tasks: Optional[str] = typer.Option(None, "--arc-tasks", help="ARC challenges JSON (with --task arc)."),
+    arc_solutions: Optional[str] = typer.Option(None, "--arc-solutions", help="ARC solutions JSON, to score."),
+    per_document: bool = typer.Option(False, "--per-document", help="One adapter per document instead of one for all."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N documents."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    force: bool = typer.Option(False, help="Resume even though the config changed / redo a finished run."),
+    quiet: bool = typer.Option(False, help="No progress output."),
+):
+    """The teacher writes self-edits for your documents; the student absorbs them into a LoRA adapter."""
+    from pipeline.adapt import adapt_student
+    from pipeline.config import AdaptConfig
+
+    flags = {
+        "docs": docs, "teacher.model.path": teacher, "student.model.path": student, "questions": questions,
+        "output": output, "task": task, "limit": limit, "mode": "per_document" if per_document else None,
+        "arc.challenges": arc_tasks, "arc.solutions": arc_solutions,
+    }
+    cfg = _load(AdaptConfig, config, flags, set_)
+    _quiet_libraries(quiet)
+    report = adapt_student(cfg, force=force, progress=not quiet)
+    _print_summary(report, cfg.output)
+
+
+@app.command("demo")
+def demo_cmd(
+    output: str = typer.Option("runs/demo", "--output", "-o", help="Run folder."),
+    quiet: bool = typer.Option(False, help="No progress output."),
+):
+    """Run the embedded demonstration offline (models are built and cached on first use)."""
+    from pipeline.demo import quick_demo
+
+    _quiet_libraries(quiet)
+    report = quick_demo(output, progress=not quiet)
+    _print_summary(report, output)
+
+
+@app.command("merge")
+def merge_cmd(
+    base: str = typer.Option(..., help="Base model: hub id or local folder."),
+    adapter: Path = typer.Option(..., help="Adapter folder (adapter_config.json + adapter_model.safetensors)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged model."),
+    trust_remote_code: bool = typer.Option(False, help="Allow the model's own code to run."),
+):
+    """Fold a LoRA adapter into its base model and save a plain model (safetensors)."""
+    from pipeline.models import check_model_reference
+    from student.adapters import adapter_config, merge_adapter
+
+    _quiet_libraries(False)
+    check_model_reference(base, "base")
+    adapter_config(adapter)
+    typer.echo(str(merge_adapter(base, adapter, output, trust_remote_code=trust_remote_code)))
+
+
+@app.command("config")
+def show_config(
+    command: str = typer.Argument(..., help="adapt-student or train-teacher."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+):
+    """Print the resolved config of a command as YAML (defaults, file and overrides applied)."""
+    from pipeline.config import CONFIGS, dump_yaml
+
+    if command not in CONFIGS:
+        raise UserError(f"unknown command {command!r}; choose from {', '.join(CONFIGS)}")
+    typer.echo(dump_yaml(_load(CONFIGS[command], config, {}, set_)), nl=False)
+
+
+def _print_summary(report: dict, output: str) -> None:
+    b, a = report.get("before") or {}, report.get("after") or {}
+    lines = [f"output: {output}"]
+    if report.get("task") == "knowledge":
+        lines.append(f"documents: {report['documents']}  self-edits: {report['self_edits']}  "
+                     f"training sequences: {report['training_sequences']}")
+        if b.get("questions"):
+            metric = report["metric"]
+            lines.append(f"{metric} before: {b['score']:.3f}  after: {a['score']:.3f}  "
+                         f"({b['questions']} questions)")
+    elif "summary" in report:
+        lines.append(str(report["summary"]))
+    typer.echo("\n".join(lines))
+
+
+def _expand_multi_value(argv: list[str]) -> list[str]:
+    out, current = [], None
+    for arg in argv:
+        if arg in MULTI_VALUE_FLAGS:
+            current = arg
+            continue
+        if current and not arg.startswith("-"):
+            out += [current, arg]
+            continue
+        if current and arg.startswith("-") and (not out or out[-2:-1] != [current]):
+            out.append(current)  # a flag with no value: let click report it
+        current = None
+        out.append(arg)
+    if current and (not out or out[-2:-1] != [current]):
+        out.append(current)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = _expand_multi_value(list(sys.argv[1:] if argv is None else argv))
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command with the same --output to resume", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:  # click's own usage errors
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

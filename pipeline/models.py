@@ -1,0 +1,111 @@
+"""Loading Hugging Face models and tokenizers, and encoding prompts the way each model expects.
+
+Teacher and student go through the same functions, so any hub id or local folder works for either role. Errors a
+user can cause (a wrong path, an id that is not cached while offline) become one-line `UserError`s.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+
+def looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or Path(name).exists()
+
+
+def check_model_reference(name: str, role: str) -> None:
+    """Fail early, before any output is written, on a reference that cannot be a model."""
+    if not name:
+        raise UserError(f"no {role} model given (--{role} MODEL: a hub id or a local folder)")
+    p = Path(name).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise UserError(f"{role} model {name!r} is a file; expected a model folder or a hub id")
+        if not (p / "config.json").exists():
+            raise UserError(f"{role} model folder {name!r} has no config.json (not a saved Hugging Face model)")
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"{role} model folder not found: {name}")
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_tokenizer(name: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load tokenizer {name!r}: {_first_line(err)}") from None
+    if tok.pad_token_id is None:
+        # Pads are masked out of the loss and attention, so reusing EOS as the pad is safe.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(
+    name: str,
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+):
+    from transformers import AutoModelForCausalLM
+
+    device = pick_device(device)
+    kwargs = {"dtype": pick_dtype(dtype, device), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load model {name!r}: {_first_line(err)}") from None
+    return model.to(device)
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def use_chat(tokenizer, mode: str) -> bool:
+    if mode == "always":
+        if not has_chat_template(tokenizer):
+            raise UserError("use_chat_template is 'always' but the model's tokenizer has no chat template")
+        return True
+    return mode == "auto" and has_chat_template(tokenizer)
+
+
+def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
+    """Token ids of a prompt that the model continues: a user turn plus the generation prompt, or raw text."""
+    if chat:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+        # The template already holds any BOS; adding special tokens again would double it.
+        return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    return tokenizer(text)["input_ids"]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

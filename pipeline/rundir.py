@@ -1,0 +1,155 @@
+"""Run directories: atomic files, append-only JSONL records, and a resolved config that guards resumes.
+
+A run directory is the unit of work a user can kill and restart. Files appear whole or not at all (written to a
+temporary name in the same folder, then renamed); records are appended one line at a time and flushed, so a killed
+run loses at most the record in flight; a torn last line is dropped on read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.config import dump_yaml, to_dict
+from pipeline.errors import UserError
+
+CONFIG_NAME = "config.yaml"
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@contextmanager
+def atomic_dir(path: str | Path):
+    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records written so far; a last line cut by a kill is ignored (and later overwritten by the resume)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise UserError(f"{path}: line {i + 1} is not valid JSON (the run directory is damaged)") from None
+    return records
+
+
+def repair_jsonl(path: str | Path) -> None:
+    """Rewrite `path` without a torn last line, so appends after a resume start on a clean line."""
+    path = Path(path)
+    if path.exists():
+        text = path.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):
+            atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in read_jsonl(path)))
+
+
+class RunDir:
+    """An output folder with a resolved config; a second run with another config is refused unless forced."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def exists(self) -> bool:
+        return self.path.exists() and any(self.path.iterdir())
+
+    def check_writable(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"output {self.path} exists and is not a folder")
+
+    def start(self, config, *, force: bool = False, ignore: tuple[str, ...] = ()) -> bool:
+        """Create or reopen the run. Returns True when resuming an existing run."""
+        self.check_writable()
+        text = dump_yaml(config)
+        saved = self.path / CONFIG_NAME
+        if saved.exists():
+            import yaml
+
+            old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+            new = to_dict(config)
+            diff = _diff(old, new, ignore=ignore)
+            if diff and not force:
+                shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+                raise UserError(
+                    f"{self.path} holds a run with another config ({shown}); use another --output, or --force to resume with the new config"
+                )
+            if diff:
+                atomic_write_text(saved, text)
+            return True
+        if self.path.exists() and any(p.name != ".work" for p in self.path.iterdir()):
+            raise UserError(f"output folder {self.path} is not empty and holds no seal-tt run; choose another --output")
+        atomic_write_text(saved, text)
+        return False
+
+
+def _diff(old, new, prefix="", ignore=()) -> list[str]:
+    out = []
+    keys = set(old) | set(new) if isinstance(old, dict) and isinstance(new, dict) else None
+    if keys is None:
+        return [] if old == new or prefix.rstrip(".") in ignore else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+    for k in sorted(keys):
+        key = f"{prefix}{k}"
+        if key in ignore:
+            continue
+        if isinstance(old.get(k), dict) and isinstance(new.get(k), dict):
+            out += _diff(old[k], new[k], key + ".", ignore)
+        elif old.get(k) != new.get(k):
+            out.append(f"{key}: {old.get(k)!r} -> {new.get(k)!r}")
+    return out

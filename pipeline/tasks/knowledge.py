@@ -1,0 +1,115 @@
+"""Knowledge incorporation: a self-edit is text about a document; the student must then answer without it.
+
+Turning a completion into training sequences follows the paper's switches: one sequence per line (`lines`), per
+blank-line-separated block such as a question-answer pair (`blocks`), or the whole completion (`whole`); each
+optionally prefixed with the document's title; the passage itself optionally added as one more sequence.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from pipeline.config import EvalSettings, SelfEditSettings
+from pipeline.documents import Document
+from teacher.prompts import load_template, render
+
+_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
+
+
+def teacher_prompt(doc: Document, template: str) -> str:
+    return render(template, title=doc.title, passage=doc.text)
+
+
+def teacher_prompts(docs: list[Document], settings: SelfEditSettings) -> list[str]:
+    template = load_template(settings.prompt)
+    return [teacher_prompt(d, template) for d in docs]
+
+
+def split_self_edit(completion: str, settings: SelfEditSettings) -> list[str]:
+    """The training sequences a completion yields on its own (no title, no passage)."""
+    if settings.split == "whole":
+        pieces = [completion]
+    elif settings.split == "blocks":
+        pieces = re.split(r"\n\s*\n", completion)
+    else:
+        pieces = [_LIST_MARKER.sub("", line) for line in completion.splitlines()]
+    return [p.strip() for p in pieces if len(p.strip()) >= settings.min_chars]
+
+
+def with_title(doc: Document, text: str, settings: SelfEditSettings) -> str:
+    return f"{doc.title}\n{text}" if settings.prefix_title and doc.title else text
+
+
+def training_texts(doc: Document, completions: list[str], settings: SelfEditSettings) -> list[str]:
+    texts = [with_title(doc, t, settings) for c in completions for t in split_self_edit(c, settings)]
+    if settings.include_passage:
+        texts.append(with_title(doc, doc.text, settings))
+    return texts
+
+
+@dataclass
+class QuestionResult:
+    document: str
+    question: str
+    answers: list[str]
+    prediction: str
+    score: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+LOCAL_METRICS = ("exact_match", "token_f1", "contains")
+
+
+class Grader:
+    """The primary reward plus the free local metrics, computed together for reports."""
+
+    def __init__(self, settings: EvalSettings):
+        from pipeline.rewards import get_reward
+
+        self.metric = settings.metric
+        self.local = {name: get_reward(name) for name in LOCAL_METRICS}
+        if settings.metric == "llm_judge":
+            self.primary = get_reward("llm_judge", model=settings.judge_model)
+        else:
+            self.primary = self.local[settings.metric]
+
+    def __call__(self, questions: list[str], predictions: list[str], references: list[list[str]]):
+        metrics = {name: fn(predictions, references) for name, fn in self.local.items()}
+        if self.metric in metrics:
+            primary = metrics[self.metric]
+        else:
+            primary = self.primary(predictions, references, questions=questions)
+            metrics[self.metric] = primary
+        return primary, metrics
+
+
+def evaluate(engine, docs: list[Document], settings: EvalSettings, grader: Grader) -> list[QuestionResult]:
+    """Ask the student every question of `docs` (closed book) and grade the answers."""
+    items = [(d, q) for d in docs for q in d.questions]
+    if not items:
+        return []
+    questions = [q.question for _, q in items]
+    refs = [list(q.answers) for _, q in items]
+    preds = engine.answer(
+        questions,
+        qa_prompt=settings.qa_prompt,
+        use_chat_template=settings.use_chat_template,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+    )
+    primary, metrics = grader(questions, preds, refs)
+    return [
+        QuestionResult(d.id, q.question, list(q.answers), p, float(s), {k: float(v[i]) for k, v in metrics.items()})
+        for i, ((d, q), p, s) in enumerate(zip(items, preds, primary))
+    ]
+
+
+def summarize(results: list[QuestionResult]) -> dict:
+    """Micro average over questions of the primary score and every metric (empty -> None)."""
+    if not results:
+        return {"questions": 0, "score": None}
+    out = {"questions": len(results), "score": sum(r.score for r in results) / len(results)}
+    for name in results[0].metrics:
+        out[name] = sum(r.metrics[name] for r in results) / len(results)
+    return out

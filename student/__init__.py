@@ -1,0 +1,1 @@
+"""seal-tt student: absorbs self-edits into one resident LoRA and is scored."""

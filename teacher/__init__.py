@@ -1,0 +1,1 @@
+"""seal-tt teacher: self-edit prompts, generation backends and ReST-EM training."""

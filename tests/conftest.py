@@ -1,0 +1,38 @@
+"""Shared fixtures. Every test runs offline: models are built locally and loaded via from_pretrained."""
+
+import os
+
+# Set before transformers / datasets / huggingface_hub are imported anywhere: a hub lookup would otherwise
+# wait on the network for ~20 s before failing.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SQUAD = SHARED / "data/seal/general-knowledge/data/squad_val.json"
+ARC_DIR = SHARED / "data/seal/few-shot/data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_hf_home(tmp_path_factory):
+    os.environ["HF_HOME"] = str(tmp_path_factory.mktemp("hf_home"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """{"llama": Path, "qwen2": Path}: random-weight models saved with save_pretrained."""
+    from pipeline.tiny import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def squad_file():
+    if not SQUAD.exists():
+        pytest.skip(f"shared data not found at {SQUAD}")
+    return SQUAD
