@@ -116,6 +116,36 @@ def adapt_student_cmd(
     _print_summary(report, cfg.output)
 
 
+@app.command("train-teacher")
+def train_teacher_cmd(
+    docs: Optional[list[str]] = typer.Option(None, "--docs", help="Training documents with questions (data.docs)."),
+    teacher: Optional[str] = typer.Option(None, help="Teacher model: hub id or local folder."),
+    student: Optional[str] = typer.Option(None, help="Student model: hub id or local folder (may equal --teacher)."),
+    rounds: Optional[int] = typer.Option(None, help="ReST-EM rounds."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Run folder; rerun to resume."),
+    task: Optional[str] = typer.Option(None, help="knowledge (default) or arc."),
+    arc_tasks: Optional[str] = typer.Option(None, "--arc-tasks", help="ARC challenges JSON (with --task arc)."),
+    arc_solutions: Optional[str] = typer.Option(None, "--arc-solutions", help="ARC solutions JSON."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (e.g. configs/knowledge_squad.yaml)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    force: bool = typer.Option(False, help="Resume even though the config changed."),
+    quiet: bool = typer.Option(False, help="No progress output."),
+):
+    """Train the teacher with ReST-EM: sample self-edits, score them on the student, SFT on the winners."""
+    from pipeline.config import TrainTeacherConfig
+    from pipeline.train_teacher import train_teacher
+
+    flags = {"data.docs": docs, "teacher.model.path": teacher, "student.model.path": student, "rounds": rounds,
+             "output": output, "task": task, "arc.challenges": arc_tasks, "arc.solutions": arc_solutions}
+    cfg = _load(TrainTeacherConfig, config, flags, set_)
+    _quiet_libraries(quiet)
+    metrics = train_teacher(cfg, force=force, progress=not quiet)
+    from teacher.rest_em import summary_markdown
+
+    typer.echo(summary_markdown(metrics, cfg), nl=False)
+    typer.echo(f"output: {cfg.output}")
+
+
 @app.command("demo")
 def demo_cmd(
     output: str = typer.Option("runs/demo", "--output", "-o", help="Run folder."),

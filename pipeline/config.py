@@ -107,10 +107,32 @@ class StudentSettings:
 
 @dataclass
 class ArcSettings:
-    """Few-shot ARC inputs (task: arc)."""
+    """Few-shot ARC (task: arc): inputs, the limits a recipe must respect, test-time data, prediction."""
 
     challenges: str | None = None
     solutions: str | None = None
+    # Between the cells of a grid row: "" writes one digit per cell; " " realigns tokens with cells for tokenizers
+    # that merge digit runs (Llama 3), at about twice the length.
+    sep: str = ""
+    # A recipe outside these bounds is invalid (reward 0), never clipped into range.
+    max_learning_rate: float = 1e-2
+    max_epochs: int = 10
+    # Leave-one-out tasks (with the recipe's augmentations) per ARC task: the untransformed ones are kept first,
+    # the rest sampled with a seed. Examples longer than student.train.max_length tokens are left out and counted.
+    max_examples: int = 250
+    # A recipe that costs more optimizer steps (epochs x batches) is invalid, not shortened.
+    max_training_steps: int = 375
+    # A teacher sample whose JSON does not parse is re-drawn at most this many times, then recorded as invalid.
+    resamples: int = 2
+    # A JSON recipe used where no teacher sample is valid, and reported as such; null: such a task is not adapted
+    # (its predictions come from the unadapted student).
+    fallback_recipe: str | None = None
+    # Predict under the first N of (identity, the 7 other symmetries of the square), invert, vote into 2 attempts.
+    voting_transforms: int = 8
+    # Generation budget beyond the character length of the largest output grid the task suggests.
+    max_new_tokens_margin: int = 16
+    # adapt-student: also save each task's adapter under adapters/<task id>/.
+    save_adapters: bool = False
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -277,4 +299,72 @@ def dump_yaml(config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
 
 
-CONFIGS: dict[str, type] = {"adapt-student": AdaptConfig}
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class DataSettings:
+    """Contexts for ReST-EM: a pool of documents with questions, split into held-out and per-round training sets."""
+
+    docs: list[str] = field(default_factory=list)
+    questions: str | None = None
+    # Held-out contexts come from these files when given, else from the front of the shuffled pool.
+    heldout_docs: list[str] = field(default_factory=list)
+    contexts_per_round: int = 50
+    heldout_contexts: int = 200
+    # true: each round takes new training contexts (the paper); false: every round reuses the same ones
+    fresh_per_round: bool = True
+    shuffle_seed: int = 0
+
+
+@dataclass
+class RestEMSettings:
+    """The outer loop's choices, all visible (the paper's where it states them)."""
+
+    seeds_per_edit: int = 3
+    selection: Literal["best_of_k", "all_positive", "top_k"] = "best_of_k"
+    top_k: int = 1  # cap per context for selection=top_k
+    must_beat_baseline: bool = True  # drop selected self-edits whose mean reward is <= 0
+    m_step_init: Literal["previous", "base"] = "previous"
+    merge_teacher: bool = False  # also save each round's teacher with the LoRA merged into the weights
+    # The paper's setting: the model that writes self-edits is also the one that learns them; after each M-step the
+    # student becomes the new teacher's merged weights (implies merge_teacher).
+    student_follows_teacher: bool = False
+    heldout_samples: int = 1
+    heldout_temperature: float | None = None  # None: teacher.generation.temperature
+
+
+@dataclass
+class MStepSettings:
+    """SFT of the teacher on (prompt, selected self-edit) pairs with TRL, LoRA on the teacher."""
+
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=64, alpha=128, target_modules=list(ALL_PROJECTIONS)))
+    learning_rate: float = 3e-4
+    epochs: int = 2
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_ratio: float = 0.0
+    max_length: int = 2048
+    gradient_checkpointing: bool = False
+    deepspeed: str | None = None  # a DeepSpeed JSON (configs/deepspeed/...), for teachers that need sharding
+
+
+@dataclass
+class TrainTeacherConfig:
+    """`seal-tt train-teacher`: ReST-EM rounds of E-step (sample, absorb, score) and M-step (SFT the teacher)."""
+
+    task: Literal["knowledge", "arc"] = "knowledge"
+    output: str = "runs/train-teacher"
+    rounds: int = 2
+    seed: int = 0
+    data: DataSettings = field(default_factory=DataSettings)
+    teacher: TeacherSettings = field(default_factory=TeacherSettings)
+    student: StudentSettings = field(default_factory=StudentSettings)
+    self_edit: SelfEditSettings = field(default_factory=SelfEditSettings)
+    rest_em: RestEMSettings = field(default_factory=RestEMSettings)
+    m_step: MStepSettings = field(default_factory=MStepSettings)
+    arc: ArcSettings = field(default_factory=ArcSettings)
+
+
+CONFIGS: dict[str, type] = {"adapt-student": AdaptConfig, "train-teacher": TrainTeacherConfig}

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {
     "adapt_knowledge.yaml": "adapt-student",
     "quickstart_cpu.yaml": "adapt-student",
+    "knowledge_squad.yaml": "train-teacher",
 }
 
 

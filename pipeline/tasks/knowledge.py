@@ -113,3 +113,48 @@ def summarize(results: list[QuestionResult]) -> dict:
     for name in results[0].metrics:
         out[name] = sum(r.metrics[name] for r in results) / len(results)
     return out
+
+
+class KnowledgeTask:
+    """Knowledge incorporation as a `SelfEditTask`: contexts are documents with questions."""
+
+    name = "knowledge"
+
+    def __init__(self, self_edit: SelfEditSettings, train, eval_settings: EvalSettings):
+        from pipeline.tasks.base import Prepared  # noqa: F401  (documented return type)
+
+        self.self_edit = self_edit
+        self.train = train
+        self.eval = eval_settings
+        self.template = load_template(self_edit.prompt)
+        self.grader = Grader(eval_settings)
+
+    def context_id(self, doc: Document) -> str:
+        return doc.id
+
+    def prompt(self, doc: Document) -> str:
+        return teacher_prompt(doc, self.template)
+
+    def prepare(self, doc: Document, completion: str):
+        from pipeline.tasks.base import Prepared
+
+        own = [with_title(doc, t, self.self_edit) for t in split_self_edit(completion, self.self_edit)]
+        if not own:
+            return Prepared(False, reason="no training text after splitting", info={"sequences": 0})
+        texts = own + ([with_title(doc, doc.text, self.self_edit)] if self.self_edit.include_passage else [])
+        return Prepared(True, payload=texts, info={"sequences": len(own)})
+
+    def _mean_score(self, engine, doc: Document) -> float:
+        results = evaluate(engine, [doc], self.eval, self.grader)
+        if not results:
+            raise ValueError(f"document {doc.id} has no questions to score")
+        return sum(r.score for r in results) / len(results)
+
+    def baseline(self, engine, doc: Document) -> float:
+        engine.reset()
+        return self._mean_score(engine, doc)
+
+    def score(self, engine, doc: Document, prepared, seed: int) -> float:
+        engine.reset(seed=seed)
+        engine.train_texts(prepared.payload, self.train, seed=seed)
+        return self._mean_score(engine, doc)

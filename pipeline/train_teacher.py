@@ -1,0 +1,104 @@
+"""`train_teacher`: set up contexts and a task, validate everything, then run ReST-EM (teacher/rest_em.py)."""
+
+from __future__ import annotations
+
+import random
+
+from pipeline.config import TrainTeacherConfig
+from pipeline.documents import load_documents, load_questions
+from pipeline.errors import UserError
+from pipeline.models import check_model_reference
+
+
+def split_contexts(pool: list, heldout: list | None, config: TrainTeacherConfig, key) -> tuple[list[list], list]:
+    """Held-out contexts first (never trained on), then each round's training contexts."""
+    data = config.data
+    pool = list(pool)
+    random.Random(data.shuffle_seed).shuffle(pool)
+    if heldout is None:
+        heldout, pool = pool[: data.heldout_contexts], pool[data.heldout_contexts:]
+    else:
+        held_ids = {key(c) for c in heldout}
+        pool = [c for c in pool if key(c) not in held_ids]
+        heldout = heldout[: data.heldout_contexts]
+    n = data.contexts_per_round
+    need = n * config.rounds if data.fresh_per_round else n
+    if n < 1:
+        raise UserError("data.contexts_per_round must be at least 1")
+    if len(pool) < need:
+        raise UserError(
+            f"{config.rounds} rounds x {n} fresh contexts need {need} training contexts, but only {len(pool)} remain "
+            f"after holding out {len(heldout)}; lower data.contexts_per_round or set data.fresh_per_round=false"
+        )
+    if data.fresh_per_round:
+        rounds = [pool[i * n:(i + 1) * n] for i in range(config.rounds)]
+    else:
+        rounds = [pool[:n] for _ in range(config.rounds)]
+    if not heldout:
+        raise UserError("no held-out contexts: set data.heldout_contexts >= 1 or give data.heldout_docs")
+    return rounds, heldout
+
+
+def _knowledge_setup(config: TrainTeacherConfig):
+    from pipeline.tasks.knowledge import KnowledgeTask
+
+    if not config.data.docs:
+        raise UserError("no training documents (--docs PATH or data.docs in the config)")
+
+    def with_questions(paths):
+        docs = load_documents(paths)
+        if config.data.questions:
+            docs = load_questions(config.data.questions, docs)
+        missing = [d.id for d in docs if not d.questions]
+        if missing:
+            raise UserError(f"document {missing[0]!r} has no questions; ReST-EM scores self-edits by the questions "
+                            f"({len(missing)} documents lack them)")
+        return docs
+
+    pool = with_questions(config.data.docs)
+    heldout = with_questions(config.data.heldout_docs) if config.data.heldout_docs else None
+    rounds, heldout = split_contexts(pool, heldout, config, key=lambda d: d.id)
+    task = KnowledgeTask(config.self_edit, config.student.train, config.student.eval)
+    return task, rounds, heldout
+
+
+def prepare(config: TrainTeacherConfig):
+    check_model_reference(config.teacher.model.path, "teacher")
+    check_model_reference(config.student.model.path, "student")
+    if config.rounds < 0:
+        raise UserError("rounds must be >= 0")
+    re = config.rest_em
+    if re.seeds_per_edit < 1 or config.teacher.generation.num_samples < 1 or re.heldout_samples < 1:
+        raise UserError("rest_em.seeds_per_edit, rest_em.heldout_samples and teacher.generation.num_samples must be >= 1")
+    if re.student_follows_teacher and config.teacher.model.path != config.student.model.path:
+        raise UserError("rest_em.student_follows_teacher needs the same model as teacher and student")
+    if config.m_step.deepspeed:
+        from teacher.m_step import check_deepspeed_config
+
+        check_deepspeed_config(config.m_step.deepspeed)
+    if config.student.eval.metric == "llm_judge" and not config.student.eval.judge_model:
+        raise UserError("student.eval.metric is llm_judge but student.eval.judge_model is not set")
+    if config.task == "arc":
+        from pipeline.tasks.arc.rest import arc_setup
+
+        return arc_setup(config)
+    return _knowledge_setup(config)
+
+
+def train_teacher(config: TrainTeacherConfig, *, force: bool = False, progress: bool = True) -> list[dict]:
+    """Run (or resume) ReST-EM and return the per-round metrics."""
+    import shutil
+
+    from pipeline.rundir import RunDir
+    from teacher.rest_em import RestEM
+
+    task, rounds, heldout = prepare(config)
+    run = RunDir(config.output)
+    run.check_writable()
+    created = not run.path.exists()
+    try:
+        return RestEM(config, task, rounds, heldout, progress=progress).run(force=force)
+    except UserError:
+        if created:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise

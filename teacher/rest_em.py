@@ -1,0 +1,361 @@
+"""ReST-EM for self-edits: E-step (sample, absorb, score), selection, M-step (SFT the teacher), held-out evaluation.
+
+Run folder (every file appears whole; JSONL grows one finished record at a time; a rerun resumes):
+    config.yaml, splits.json          the resolved config; which contexts are held out / used in each round
+    baselines.jsonl                   the student's score before adaptation, once per (student, context)
+    round_0/heldout.jsonl             the initial teacher on held-out contexts (the comparison point)
+    round_R/samples.jsonl             the teacher's k self-edits per context (written before any scoring)
+    round_R/e_step.jsonl              one record per self-edit: seeds, scores, reward, timings
+    round_R/selected.jsonl            the SFT set; selection.json says how it was chosen (ties, empty contexts)
+    round_R/teacher/                  the round's teacher LoRA (PEFT, safetensors); teacher_merged/ when merged
+    round_R/m_step.json               M-step stats; its presence marks the M-step done
+    round_R/heldout.jsonl             the new teacher on held-out contexts
+    metrics.jsonl, summary.md         per round: reward mean/spread, fraction positive, selected, held-out score
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from pipeline.adapt import context_seed
+from pipeline.config import ModelSettings, TrainTeacherConfig
+from pipeline.errors import UserError
+from pipeline.progress import progress_bar, say
+from pipeline.rundir import RunDir, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from teacher.selection import select
+
+VOLATILE = ("timings",)  # fields that differ between otherwise identical runs
+
+
+class RestEM:
+    """Drive a ReST-EM run over any `SelfEditTask` (pipeline/tasks/base.py)."""
+
+    def __init__(self, config: TrainTeacherConfig, task, train_rounds: list[list], heldout: list, *,
+                 progress: bool = True):
+        self.config = config
+        self.task = task
+        self.train_rounds = train_rounds
+        self.heldout = heldout
+        self.progress = progress
+        self.run_dir = RunDir(config.output)
+        self.base = config.teacher.model
+        self._engine = None
+        self._engine_path = None
+        self._baselines: dict[tuple[str, str], float] = {}
+        merge = config.rest_em.merge_teacher or config.rest_em.student_follows_teacher
+        self.merge = merge
+
+    # ------------------------------------------------------------------------------------------------ paths
+    def round_dir(self, r: int) -> Path:
+        return self.run_dir.path / f"round_{r}"
+
+    def teacher_at(self, r: int) -> tuple[ModelSettings, str | None]:
+        """The teacher after round r: (model to load, LoRA adapter on it or None)."""
+        if r == 0:
+            return self.base, None
+        info = json.loads((self.round_dir(r) / "m_step.json").read_text(encoding="utf-8"))
+        model = ModelSettings(**{**self.base.__dict__, "path": info["teacher_model"]})
+        return model, info["teacher_adapter"]
+
+    def student_for(self, r: int) -> ModelSettings:
+        """The student base that scores self-edits written by the teacher after round r."""
+        if self.config.rest_em.student_follows_teacher:
+            model, adapter = self.teacher_at(r)
+            assert adapter is None, "student_follows_teacher merges every round"
+            return ModelSettings(**{**self.config.student.model.__dict__, "path": model.path})
+        return self.config.student.model
+
+    # --------------------------------------------------------------------------------------------- the loop
+    def run(self, *, force: bool = False) -> list[dict]:
+        self.run_dir.start(self.config, force=force, ignore=("rounds",))
+        self._write_splits()
+        for rec in read_jsonl(self.run_dir / "baselines.jsonl"):
+            self._baselines[(rec["student"], rec["context"])] = rec["score"]
+        done = {m["round"] for m in read_jsonl(self.run_dir / "metrics.jsonl")}
+        if 0 not in done:
+            self._finish_round(0, {}, self.evaluate_heldout(0))
+        for r in range(1, self.config.rounds + 1):
+            if r in done:
+                continue
+            say(f"round {r}/{self.config.rounds}")
+            t0 = time.perf_counter()
+            records = self.e_step(r)
+            e_seconds = time.perf_counter() - t0
+            selection = self.selection(r, records)
+            t0 = time.perf_counter()
+            m_info = self.m_step(r, selection)
+            m_seconds = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            heldout = self.evaluate_heldout(r)
+            extra = {"e_step": _reward_stats(records), "selected": len(selection),
+                     "m_step": {k: m_info.get(k) for k in ("pairs", "steps", "first_loss", "last_loss", "skipped")},
+                     "timings": {"e_step_seconds": round(e_seconds, 2), "m_step_seconds": round(m_seconds, 2),
+                                 "heldout_seconds": round(time.perf_counter() - t0, 2)}}
+            self._finish_round(r, extra, heldout)
+        metrics = read_jsonl(self.run_dir / "metrics.jsonl")
+        atomic_write_text(self.run_dir / "summary.md", summary_markdown(metrics, self.config))
+        return metrics
+
+    def _finish_round(self, r: int, extra: dict, heldout: dict) -> None:
+        append_jsonl(self.run_dir / "metrics.jsonl", {"round": r, **extra, "heldout": heldout})
+        h = heldout
+        say(f"round {r}: held-out score {h['score_mean']:.3f} (gain {h['gain_mean']:+.3f} ± {h['gain_ci95']:.3f})"
+            + (f", E-step reward {extra['e_step']['reward_mean']:+.3f}, selected {extra['selected']}" if extra else ""))
+
+    def _write_splits(self) -> None:
+        path = self.run_dir / "splits.json"
+        splits = {"heldout": [self.task.context_id(c) for c in self.heldout],
+                  "rounds": [[self.task.context_id(c) for c in rc] for rc in self.train_rounds]}
+        if path.exists():
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if old["heldout"] != splits["heldout"] or old["rounds"][: len(splits["rounds"])] != splits["rounds"][: len(old["rounds"])]:
+                raise UserError(f"{path}: the data differ from the run being resumed; use another --output")
+        atomic_write_json(path, splits)
+
+    # --------------------------------------------------------------------------------------------- models
+    def engine(self, student: ModelSettings):
+        from student.engine import StudentEngine
+
+        if self._engine is None or self._engine_path != student.path:
+            self._engine = None
+            gc.collect()
+            self._engine = StudentEngine(student, self.config.student.lora)
+            self._engine_path = student.path
+        return self._engine
+
+    def baseline(self, student: ModelSettings, context) -> float:
+        key = (student.path, self.task.context_id(context))
+        if key not in self._baselines:
+            score = self.task.baseline(self.engine(student), context)
+            self._baselines[key] = score
+            append_jsonl(self.run_dir / "baselines.jsonl", {"student": key[0], "context": key[1], "score": score})
+        return self._baselines[key]
+
+    def sample(self, r: int, contexts: list, path: Path, *, n: int, temperature: float | None, tag: str) -> dict:
+        """k self-edits per context from the teacher after round r, stored before anything is scored."""
+        from dataclasses import replace
+
+        gen = replace(self.config.teacher.generation, num_samples=n)
+        if temperature is not None:
+            gen = replace(gen, temperature=temperature)
+        by_ctx: dict[str, list[dict]] = defaultdict(list)
+        for rec in read_jsonl(path):
+            by_ctx[rec["context"]].append(rec)
+        complete = {c: recs for c, recs in by_ctx.items() if len(recs) == n}
+        if len(complete) != len(by_ctx):
+            atomic_write_text(path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for v in complete.values() for x in v))
+        todo = [c for c in contexts if self.task.context_id(c) not in complete]
+        if todo:
+            backend = self._teacher_backend(r)
+            try:
+                for ctx in progress_bar(todo, desc=f"teacher r{r}: sampling ({tag})", enabled=self.progress):
+                    cid = self.task.context_id(ctx)
+                    seed = context_seed(self.config.seed, tag, r, cid)
+                    prompt = self.task.prompt(ctx)
+                    (samples,) = backend.sample([prompt], gen, [seed])
+                    recs = [{"context": cid, "sample": i, "seed": seed, "prompt": prompt, "self_edit": s.text,
+                             "num_tokens": s.num_tokens, "finished": s.finished} for i, s in enumerate(samples)]
+                    for rec in recs:
+                        append_jsonl(path, rec)
+                    complete[cid] = recs
+            finally:
+                backend.close()
+                del backend
+                gc.collect()
+        return complete
+
+    def _teacher_backend(self, r: int):
+        from teacher.backends import TransformersBackend, make_backend
+        from teacher.m_step import load_teacher
+
+        model, adapter = self.teacher_at(r)
+        if self.config.teacher.backend == "vllm":
+            return make_backend("vllm", model, lora_path=adapter)
+        if adapter is None:
+            return TransformersBackend(model)
+        from pipeline.models import load_tokenizer
+
+        peft_model = load_teacher(model, adapter, None, trainable=False)
+        return TransformersBackend(model, peft_model=peft_model, tokenizer=load_tokenizer(model.path))
+
+    # ----------------------------------------------------------------------------------------------- E-step
+    def e_step(self, r: int) -> list[dict]:
+        cfg = self.config
+        contexts = self.train_rounds[r - 1]
+        rdir = self.round_dir(r)
+        samples = self.sample(r - 1, contexts, rdir / "samples.jsonl", n=cfg.teacher.generation.num_samples,
+                              temperature=None, tag="e_step")
+        student = self.student_for(r - 1)
+        path = rdir / "e_step.jsonl"
+        _drop_torn_line(path)
+        done = {(x["context"], x["sample"]): x for x in read_jsonl(path)}
+        seeds = [context_seed(cfg.seed, "student", s) for s in range(cfg.rest_em.seeds_per_edit)]
+        for ctx in progress_bar(contexts, desc=f"E-step r{r}: absorbing", enabled=self.progress):
+            cid = self.task.context_id(ctx)
+            base_score = None
+            for s in samples[cid]:
+                if (cid, s["sample"]) in done:
+                    continue
+                if base_score is None:
+                    base_score = self.baseline(student, ctx)
+                rec = self._score_sample(student, ctx, s, seeds, base_score)
+                append_jsonl(path, rec)
+                done[(cid, s["sample"])] = rec
+        return [done[(self.task.context_id(c), i)] for c in contexts for i in range(len(samples[self.task.context_id(c)]))]
+
+    def _score_sample(self, student, ctx, sample: dict, seeds: list[int], base_score: float) -> dict:
+        t0 = time.perf_counter()
+        prepared = self.task.prepare(ctx, sample["self_edit"])
+        rec = {"context": sample["context"], "sample": sample["sample"], "prompt": sample["prompt"],
+               "self_edit": sample["self_edit"], "valid": prepared.valid, "invalid_reason": prepared.reason,
+               "info": prepared.info, "seeds": seeds, "baseline": base_score}
+        if not prepared.valid:
+            # Recorded, never trained: an unusable self-edit earns nothing.
+            return {**rec, "scores": [], "rewards": [], "reward": 0.0, "timings": {"seconds": 0.0}}
+        engine = self.engine(student)
+        scores = [float(self.task.score(engine, ctx, prepared, seed)) for seed in seeds]
+        rewards = [s - base_score for s in scores]
+        return {**rec, "scores": scores, "rewards": rewards, "reward": sum(rewards) / len(rewards),
+                "timings": {"seconds": round(time.perf_counter() - t0, 3)}}
+
+    # ------------------------------------------------------------------------------------ selection, M-step
+    def selection(self, r: int, records: list[dict]) -> list[dict]:
+        rdir = self.round_dir(r)
+        if (rdir / "selected.jsonl").exists() and (rdir / "selection.json").exists():
+            return read_jsonl(rdir / "selected.jsonl")
+        re = self.config.rest_em
+        sel = select(records, re.selection, cap=re.top_k, must_beat_baseline=re.must_beat_baseline)
+        chosen = [{"context": x["context"], "sample": x["sample"], "reward": x["reward"], "prompt": x["prompt"],
+                   "completion": x["self_edit"]} for x in sel.chosen]
+        atomic_write_text(rdir / "selected.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in chosen))
+        atomic_write_json(rdir / "selection.json", {"policy": re.selection, "cap": re.top_k,
+                                                    "must_beat_baseline": re.must_beat_baseline,
+                                                    "selected": len(chosen), "ties": sel.ties,
+                                                    "contexts_without_pick": sel.contexts_without_pick})
+        return chosen
+
+    def m_step(self, r: int, selected: list[dict]) -> dict:
+        from teacher.m_step import merge_teacher, run_m_step
+
+        rdir = self.round_dir(r)
+        marker = rdir / "m_step.json"
+        if marker.exists():
+            return json.loads(marker.read_text(encoding="utf-8"))
+        prev_model, prev_adapter = self.teacher_at(r - 1)
+        if not selected:
+            say(f"round {r}: no self-edit selected; the teacher stays as it was")
+            info = {"skipped": True, "pairs": 0, "teacher_model": prev_model.path, "teacher_adapter": prev_adapter}
+            atomic_write_json(marker, info)
+            return info
+        init = self.config.rest_em.m_step_init
+        if init == "base":
+            train_on, init_adapter = self.base, None
+        elif self.merge:
+            train_on, init_adapter = prev_model, None  # a fresh LoRA on last round's merged weights
+        else:
+            train_on, init_adapter = self.base, prev_adapter  # continue last round's LoRA
+        say(f"round {r}: M-step on {len(selected)} pairs ({init}: {train_on.path}"
+            + (f" + {init_adapter}" if init_adapter else "") + ")")
+        info = run_m_step(train_on, [{"prompt": s["prompt"], "completion": s["completion"]} for s in selected],
+                          self.config.m_step, rdir / "teacher", init_adapter=init_adapter,
+                          use_chat_template=self.config.teacher.generation.use_chat_template,
+                          seed=context_seed(self.config.seed, "m_step", r))
+        info.update({"teacher_model": train_on.path, "teacher_adapter": str(rdir / "teacher")})
+        if self.merge:
+            merge_teacher(train_on, rdir / "teacher", rdir / "teacher_merged")
+            info.update({"teacher_model": str(rdir / "teacher_merged"), "teacher_adapter": None})
+        gc.collect()
+        atomic_write_json(marker, info)
+        return info
+
+    # -------------------------------------------------------------------------------------------- held-out
+    def evaluate_heldout(self, r: int) -> dict:
+        cfg = self.config
+        rdir = self.round_dir(r)
+        n = cfg.rest_em.heldout_samples
+        samples = self.sample(r, self.heldout, rdir / "heldout_samples.jsonl", n=n,
+                              temperature=cfg.rest_em.heldout_temperature, tag="heldout")
+        student = self.student_for(r)
+        path = rdir / "heldout.jsonl"
+        _drop_torn_line(path)
+        done = {(x["context"], x["sample"]): x for x in read_jsonl(path)}
+        seeds = [context_seed(cfg.seed, "student", 0)]
+        for ctx in progress_bar(self.heldout, desc=f"held-out r{r}", enabled=self.progress):
+            cid = self.task.context_id(ctx)
+            for s in samples[cid]:
+                if (cid, s["sample"]) in done:
+                    continue
+                base_score = self.baseline(student, ctx)
+                rec = self._score_sample(student, ctx, s, seeds, base_score)
+                rec["score"] = rec["scores"][0] if rec["scores"] else base_score
+                append_jsonl(path, rec)
+                done[(cid, s["sample"])] = rec
+        recs = [done[(self.task.context_id(c), i)] for c in self.heldout for i in range(n)]
+        return _heldout_stats(recs)
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def _ci95(values: list[float]) -> float:
+    return 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+
+
+def _reward_stats(records: list[dict]) -> dict:
+    rewards = [x["reward"] for x in records]
+    valid = [x for x in records if x["valid"]]
+    return {
+        "self_edits": len(records),
+        "valid_fraction": len(valid) / len(records) if records else 0.0,
+        "reward_mean": statistics.fmean(rewards) if rewards else 0.0,
+        "reward_std": statistics.stdev(rewards) if len(rewards) > 1 else 0.0,
+        "fraction_positive": sum(r > 0 for r in rewards) / len(rewards) if rewards else 0.0,
+        # seed-to-seed spread inside a self-edit, to compare with the spread between self-edits
+        "seed_std_mean": statistics.fmean([statistics.stdev(x["scores"]) for x in valid if len(x["scores"]) > 1] or [0.0]),
+    }
+
+
+def _heldout_stats(records: list[dict]) -> dict:
+    scores = [x["score"] for x in records]
+    gains = [x["score"] - x["baseline"] for x in records]
+    return {
+        "contexts": len({x["context"] for x in records}),
+        "self_edits": len(records),
+        "valid_fraction": sum(x["valid"] for x in records) / len(records) if records else 0.0,
+        "baseline_mean": statistics.fmean([x["baseline"] for x in records]) if records else 0.0,
+        "score_mean": statistics.fmean(scores) if scores else 0.0,
+        "score_ci95": _ci95(scores),
+        "gain_mean": statistics.fmean(gains) if gains else 0.0,
+        "gain_ci95": _ci95(gains),
+    }
+
+
+def summary_markdown(metrics: list[dict], config: TrainTeacherConfig) -> str:
+    lines = [
+        f"# ReST-EM run: {config.task}",
+        "",
+        f"teacher `{config.teacher.model.path}`, student `{config.student.model.path}`, metric "
+        f"`{config.student.eval.metric}`, selection `{config.rest_em.selection}`, "
+        f"{config.teacher.generation.num_samples} self-edits x {config.rest_em.seeds_per_edit} seeds per context",
+        "",
+        "| round | E-step reward (mean ± std) | positive | selected | held-out score (± 95% CI) | held-out gain (± 95% CI) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in metrics:
+        e, h = m.get("e_step"), m["heldout"]
+        reward = f"{e['reward_mean']:+.3f} ± {e['reward_std']:.3f}" if e else "-"
+        pos = f"{e['fraction_positive']:.0%}" if e else "-"
+        sel = str(m.get("selected", "-"))
+        lines.append(f"| {m['round']} | {reward} | {pos} | {sel} | {h['score_mean']:.3f} ± {h['score_ci95']:.3f} | "
+                     f"{h['gain_mean']:+.3f} ± {h['gain_ci95']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _drop_torn_line(path: Path) -> None:
+    from pipeline.rundir import repair_jsonl
+
+    repair_jsonl(path)

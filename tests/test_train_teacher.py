@@ -1,0 +1,156 @@
+"""`seal-tt train-teacher` (ReST-EM for knowledge incorporation) end to end on tiny models."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli_adapt import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--set", "data.contexts_per_round=2", "--set", "data.heldout_contexts=2",
+         "--set", "teacher.generation.num_samples=3", "--set", "teacher.generation.max_new_tokens=24",
+         "--set", "rest_em.seeds_per_edit=2", "--set", "student.train.epochs=1",
+         "--set", "student.eval.max_new_tokens=6", "--set", "m_step.epochs=1",
+         # random-weight students never beat their baseline; keep the best anyway so the M-step runs
+         "--set", "rest_em.must_beat_baseline=false",
+         "--set", "m_step.lora.r=4", "--set", "m_step.lora.alpha=8", "--set", "student.lora.r=4"]
+
+
+def _jsonl(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def _stable(records):
+    return [{k: v for k, v in r.items() if k != "timings"} for r in records]
+
+
+def test_two_rounds_leave_records_selections_checkpoints_and_metrics(tiny_models, squad_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["train-teacher", "--docs", squad_file, "--teacher", tiny_models["llama"],
+                                 "--student", tiny_models["qwen2"], "--rounds", 2, "--output", out, "--quiet", *SMALL],
+                                capsys)
+    assert code == 0, err
+    assert "| round |" in stdout
+    metrics = _jsonl(out / "metrics.jsonl")
+    assert [m["round"] for m in metrics] == [0, 1, 2]
+    for m in metrics[1:]:
+        assert m["selected"] == 2 and m["e_step"]["self_edits"] == 6
+        assert {"reward_mean", "reward_std", "fraction_positive"} <= set(m["e_step"])
+        assert m["heldout"]["contexts"] == 2
+    splits = json.loads((out / "splits.json").read_text())
+    assert not set(splits["heldout"]) & set(splits["rounds"][0] + splits["rounds"][1])
+    assert not set(splits["rounds"][0]) & set(splits["rounds"][1])  # fresh contexts per round
+    for r in (1, 2):
+        rd = out / f"round_{r}"
+        records = _jsonl(rd / "e_step.jsonl")
+        assert len(records) == 6 and all(len(x["scores"]) == 2 for x in records if x["valid"])
+        assert all(x["reward"] == pytest.approx(sum(x["rewards"]) / 2) for x in records if x["valid"])
+        assert len(_jsonl(rd / "selected.jsonl")) == 2
+        assert (rd / "teacher/adapter_model.safetensors").exists()
+    m2 = json.loads((out / "round_2/m_step.json").read_text())
+    assert m2["init"].endswith("round_1/teacher")  # m_step_init=previous continues last round's LoRA
+    baselines = _jsonl(out / "baselines.jsonl")
+    keys = [(b["student"], b["context"]) for b in baselines]
+    assert len(keys) == len(set(keys))  # cached: computed once per context
+    assert (out / "summary.md").read_text().count("\n| ") == 4
+
+    # the run is complete: a rerun recomputes nothing; a changed config is refused
+    mtime = (out / "round_2/e_step.jsonl").stat().st_mtime
+    code, _, err = run_cli(["train-teacher", "--docs", squad_file, "--teacher", tiny_models["llama"],
+                            "--student", tiny_models["qwen2"], "--rounds", 2, "--output", out, "--quiet", *SMALL], capsys)
+    assert code == 0 and (out / "round_2/e_step.jsonl").stat().st_mtime == mtime
+    code, _, err = run_cli(["train-teacher", "--docs", squad_file, "--teacher", tiny_models["llama"],
+                            "--student", tiny_models["qwen2"], "--rounds", 2, "--output", out, "--quiet", *SMALL,
+                            "--set", "rest_em.selection=all_positive"], capsys)
+    assert code == 2 and "another config" in err and "rest_em.selection" in err
+
+
+def _train_teacher_cmd(tiny_models, squad_file, out):
+    exe = Path(sys.executable).with_name("seal-tt")
+    return [str(exe), "train-teacher", "--docs", str(squad_file), "--teacher", str(tiny_models["qwen2"]),
+            "--student", str(tiny_models["llama"]), "--rounds", "1", "--output", str(out), "--quiet", *SMALL,
+            "--set", "data.contexts_per_round=3", "--set", "rest_em.seeds_per_edit=1"]
+
+
+def test_kill_during_e_step_then_resume_equals_uninterrupted(tiny_models, squad_file, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    whole = tmp_path / "whole"
+    subprocess.run(_train_teacher_cmd(tiny_models, squad_file, whole), check=True, env=env, capture_output=True)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_train_teacher_cmd(tiny_models, squad_file, cut), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = cut / "round_1/e_step.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if records.exists() and len(records.read_text().splitlines()) >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    n_before = len(_jsonl(records))
+    assert 3 <= n_before < 9 and not (cut / "round_1/m_step.json").exists()
+
+    subprocess.run(_train_teacher_cmd(tiny_models, squad_file, cut), check=True, env=env, capture_output=True)
+    for name in ("round_1/samples.jsonl", "round_1/e_step.jsonl", "round_1/selected.jsonl",
+                 "round_1/heldout.jsonl", "round_0/heldout.jsonl", "baselines.jsonl"):
+        a, b = _stable(_jsonl(whole / name)), _stable(_jsonl(cut / name))
+        key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+        assert sorted(a, key=key) == sorted(b, key=key), name
+    from safetensors.torch import load_file
+
+    wa = load_file(str(whole / "round_1/teacher/adapter_model.safetensors"))
+    wb = load_file(str(cut / "round_1/teacher/adapter_model.safetensors"))
+    assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_paper_preset_validates_and_runs_scaled_down(tiny_models, squad_file, tmp_path, capsys):
+    from pipeline.config import TrainTeacherConfig, load_config
+
+    cfg = load_config(TrainTeacherConfig, ROOT / "configs/knowledge_squad.yaml")
+    assert (cfg.data.contexts_per_round, cfg.teacher.generation.num_samples, cfg.rest_em.seeds_per_edit,
+            cfg.rounds) == (50, 5, 3, 2)
+    assert cfg.teacher.model.path == "Qwen/Qwen2.5-7B" == cfg.student.model.path
+    assert (cfg.m_step.lora.r, cfg.m_step.lora.alpha, cfg.m_step.learning_rate, cfg.m_step.epochs) == (64, 128, 3e-4, 2)
+    assert len(cfg.m_step.lora.target_modules) == 7
+    assert (cfg.student.lora.r, cfg.student.lora.alpha, cfg.student.train.epochs) == (32, 64, 10)
+
+    # the same protocol on tiny models: one model writes and learns (student follows the teacher)
+    out = tmp_path / "preset"
+    code, stdout, err = run_cli(["train-teacher", "--config", ROOT / "configs/knowledge_squad.yaml",
+                                 "--docs", squad_file, "--teacher", tiny_models["llama"], "--student",
+                                 tiny_models["llama"], "--output", out, "--quiet", *SMALL], capsys)
+    assert code == 0, err
+    info = json.loads((out / "round_2/m_step.json").read_text())
+    assert info["teacher_model"].endswith("round_2/teacher_merged") and info["teacher_adapter"] is None
+    students = {b["student"] for b in _jsonl(out / "baselines.jsonl")}
+    assert any(s.endswith("round_1/teacher_merged") for s in students)  # round 2 scored on the round-1 teacher
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--set", "data.contexts_per_round=2000"], "need"),
+    (["--set", "rest_em.student_follows_teacher=true"], "same model"),
+    (["--set", "rest_em.selection=best_of_all"], "rest_em.selection"),
+    (["--set", "m_step.deepspeed=missing.json"], "missing.json"),
+])
+def test_bad_train_teacher_input(tiny_models, squad_file, tmp_path, capsys, extra, needle):
+    out = tmp_path / "bad"
+    code, _, err = run_cli(["train-teacher", "--docs", squad_file, "--teacher", tiny_models["llama"], "--student",
+                            tiny_models["qwen2"], "--output", out, "--quiet", *SMALL, *extra], capsys)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_documents_without_questions_are_refused(tiny_models, tmp_path, capsys):
+    doc = tmp_path / "d.txt"
+    doc.write_text("A document with no questions at all.")
+    code, _, err = run_cli(["train-teacher", "--docs", doc, "--teacher", tiny_models["llama"], "--student",
+                            tiny_models["llama"], "--output", tmp_path / "o"], capsys)
+    assert code == 2 and "no questions" in err
