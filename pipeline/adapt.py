@@ -4,6 +4,7 @@ Output folder:
     config.yaml         the resolved config (a rerun with another config is refused unless forced)
     self_edits.jsonl    one line per self-edit, appended per document as the teacher finishes it (resume point)
     adapter/            PEFT adapter in safetensors (mode=joint), or adapters/<document id>/ (mode=per_document)
+    merged/             with merge=true: the student with the adapter folded in
     report.json         scores before and after, per document and per question, timings
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import gc
 import json
 import re
-import shutil
 import time
 import zlib
 from collections import defaultdict
@@ -23,7 +23,7 @@ from pipeline.documents import Document, load_documents, load_questions
 from pipeline.errors import UserError
 from pipeline.models import check_model_reference
 from pipeline.progress import progress_bar, say
-from pipeline.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
+from pipeline.rundir import RunDir, append_jsonl, atomic_write_json, finished_report, read_jsonl, removed_on_user_error
 from pipeline.tasks import knowledge
 
 EDITS = "self_edits.jsonl"
@@ -47,6 +47,8 @@ def prepare(config: AdaptConfig) -> list[Document]:
     knowledge.teacher_prompts(docs[:1], config.self_edit)  # validates the template
     if config.student.eval.metric == "llm_judge" and not config.student.eval.judge_model:
         raise UserError("student.eval.metric is llm_judge but student.eval.judge_model is not set")
+    if config.merge and config.mode != "joint":
+        raise UserError("merge=true writes one merged model and needs mode=joint")
     if config.teacher.generation.num_samples < 1:
         raise UserError("teacher.generation.num_samples must be at least 1")
     return docs
@@ -61,17 +63,10 @@ def adapt_student(config: AdaptConfig, *, force: bool = False, progress: bool = 
     docs = prepare(config)
     run = RunDir(config.output)
     run.check_writable()
-    created = not run.path.exists()
-    run.start(config, force=force)
-    if (run / REPORT).exists() and not force:
-        say(f"{run.path} is complete; its report is reused (pass --force to redo the adaptation)")
-        return json.loads((run / REPORT).read_text(encoding="utf-8"))
-    try:
-        return _run(config, docs, run, progress)
-    except UserError:
-        if created:  # nothing half-written: a failed fresh run leaves no folder behind
-            shutil.rmtree(run.path, ignore_errors=True)
-        raise
+    with removed_on_user_error(run.path):
+        run.start(config, force=force)
+        report = finished_report(run, REPORT, force)
+        return report if report is not None else _run(config, docs, run, progress)
 
 
 def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool) -> dict:
@@ -123,6 +118,11 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool)
         train_stats.append({"document": None, "sequences": len(texts), **_stats(stats)})
         engine.save_adapter(run / "adapter")
         timings["train_seconds"] = time.perf_counter() - t0
+        if config.merge:
+            from student.adapters import merge_adapter
+
+            m = config.student.model
+            merge_adapter(m.path, run / "adapter", run / "merged", dtype=m.dtype, trust_remote_code=m.trust_remote_code)
         t1 = time.perf_counter()
         after = knowledge.evaluate(engine, docs, ev, grader)
         timings["eval_after_seconds"] = time.perf_counter() - t1

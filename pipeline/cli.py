@@ -96,6 +96,7 @@ def adapt_student_cmd(
     arc_solutions: Optional[str] = typer.Option(None, "--arc-solutions", help="ARC solutions JSON, to score."),
     per_document: bool = typer.Option(False, "--per-document", help="One adapter per document instead of one for all."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N documents."),
+    merge: bool = typer.Option(False, "--merge", help="Also save the student with the adapter merged in."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     force: bool = typer.Option(False, help="Resume even though the config changed / redo a finished run."),
@@ -108,6 +109,7 @@ def adapt_student_cmd(
     flags = {
         "docs": docs, "teacher.model.path": teacher, "student.model.path": student, "questions": questions,
         "output": output, "task": task, "limit": limit, "mode": "per_document" if per_document else None,
+        "merge": True if merge else None,
         "arc.challenges": arc_tasks, "arc.solutions": arc_solutions,
     }
     cfg = _load(AdaptConfig, config, flags, set_)

@@ -111,6 +111,10 @@ class ArcSettings:
 
     challenges: str | None = None
     solutions: str | None = None
+    # train-teacher: held-out tasks (the paper: its filtered evaluation file); unset, data.heldout_contexts tasks are
+    # held out of the shuffled training tasks.
+    heldout_challenges: str | None = None
+    heldout_solutions: str | None = None
     # Between the cells of a grid row: "" writes one digit per cell; " " realigns tokens with cells for tokenizers
     # that merge digit runs (Llama 3), at about twice the length.
     sep: str = ""
@@ -147,6 +151,8 @@ class AdaptConfig:
     output: str = "runs/adapt"
     # joint: every document into one adapter (continued pretraining); per_document: one adapter each
     mode: Literal["joint", "per_document"] = "joint"
+    # also write merged/ (base + adapter folded into plain weights, safetensors); joint mode only
+    merge: bool = False
     seed: int = 0
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
     student: StudentSettings = field(default_factory=StudentSettings)

@@ -97,6 +97,30 @@ def repair_jsonl(path: str | Path) -> None:
             atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in read_jsonl(path)))
 
 
+@contextmanager
+def removed_on_user_error(path: str | Path):
+    """A run folder this call creates is removed again if a user error stops it: nothing half-written stays."""
+    path = Path(path)
+    created = not path.exists()
+    try:
+        yield
+    except UserError:
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def finished_report(run: "RunDir", name: str, force: bool) -> dict | None:
+    """The report of a run that already finished (reused unless forced), else None."""
+    path = run / name
+    if path.exists() and not force:
+        from pipeline.progress import say
+
+        say(f"{run.path} is complete; its report is reused (pass --force to redo it)")
+        return json.loads(path.read_text(encoding="utf-8"))
+    return None
+
+
 class RunDir:
     """An output folder with a resolved config; a second run with another config is refused unless forced."""
 

@@ -87,18 +87,10 @@ def prepare(config: TrainTeacherConfig):
 
 def train_teacher(config: TrainTeacherConfig, *, force: bool = False, progress: bool = True) -> list[dict]:
     """Run (or resume) ReST-EM and return the per-round metrics."""
-    import shutil
-
-    from pipeline.rundir import RunDir
+    from pipeline.rundir import RunDir, removed_on_user_error
     from teacher.rest_em import RestEM
 
     task, rounds, heldout = prepare(config)
-    run = RunDir(config.output)
-    run.check_writable()
-    created = not run.path.exists()
-    try:
+    RunDir(config.output).check_writable()
+    with removed_on_user_error(config.output):
         return RestEM(config, task, rounds, heldout, progress=progress).run(force=force)
-    except UserError:
-        if created:
-            shutil.rmtree(run.path, ignore_errors=True)
-        raise

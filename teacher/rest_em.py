@@ -158,9 +158,14 @@ class RestEM:
                     cid = self.task.context_id(ctx)
                     seed = context_seed(self.config.seed, tag, r, cid)
                     prompt = self.task.prompt(ctx)
-                    (samples,) = backend.sample([prompt], gen, [seed])
+                    if hasattr(self.task, "sample_self_edits"):  # tasks that redraw unparseable drafts (ARC)
+                        (samples,) = self.task.sample_self_edits(backend, [ctx], gen, [seed])
+                    else:
+                        (samples,) = backend.sample([prompt], gen, [seed])
                     recs = [{"context": cid, "sample": i, "seed": seed, "prompt": prompt, "self_edit": s.text,
-                             "num_tokens": s.num_tokens, "finished": s.finished} for i, s in enumerate(samples)]
+                             "num_tokens": s.num_tokens, "finished": s.finished,
+                             **({"attempts": s.attempts, "rejected": s.rejected} if hasattr(s, "attempts") else {})}
+                            for i, s in enumerate(samples)]
                     for rec in recs:
                         append_jsonl(path, rec)
                     complete[cid] = recs
@@ -220,7 +225,9 @@ class RestEM:
             return {**rec, "scores": [], "rewards": [], "reward": 0.0, "timings": {"seconds": 0.0}}
         engine = self.engine(student)
         scores = [float(self.task.score(engine, ctx, prepared, seed)) for seed in seeds]
-        rewards = [s - base_score for s in scores]
+        # Knowledge: the gain over the unadapted student. ARC (as the paper): pass@2 itself, so a recipe that keeps
+        # a task solved counts as much as one that solves it first.
+        rewards = [s - base_score for s in scores] if getattr(self.task, "reward_is_gain", True) else scores
         return {**rec, "scores": scores, "rewards": rewards, "reward": sum(rewards) / len(rewards),
                 "timings": {"seconds": round(time.perf_counter() - t0, 3)}}
 
@@ -339,7 +346,7 @@ def summary_markdown(metrics: list[dict], config: TrainTeacherConfig) -> str:
         f"# ReST-EM run: {config.task}",
         "",
         f"teacher `{config.teacher.model.path}`, student `{config.student.model.path}`, metric "
-        f"`{config.student.eval.metric}`, selection `{config.rest_em.selection}`, "
+        f"`{'pass@2' if config.task == 'arc' else config.student.eval.metric}`, selection `{config.rest_em.selection}`, "
         f"{config.teacher.generation.num_samples} self-edits x {config.rest_em.seeds_per_edit} seeds per context",
         "",
         "| round | E-step reward (mean ± std) | positive | selected | held-out score (± 95% CI) | held-out gain (± 95% CI) |",

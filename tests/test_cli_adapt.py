@@ -24,8 +24,9 @@ def run_cli(args, capsys):
 def test_adapt_student_on_three_squad_passages(tiny_models, squad_file, tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, err = run_cli(["adapt-student", "--docs", squad_file, "--limit", 3, "--teacher", tiny_models["llama"],
-                                 "--student", tiny_models["qwen2"], "--output", out, "--quiet", *FAST], capsys)
+                                 "--student", tiny_models["qwen2"], "--output", out, "--quiet", "--merge", *FAST], capsys)
     assert code == 0, err
+    assert (out / "merged/model.safetensors").exists() and (out / "merged/tokenizer.json").exists()
     assert "before" in stdout and "after" in stdout
     report = json.loads((out / "report.json").read_text())
     assert report["documents"] == 3 and report["self_edits"] == 6
@@ -43,10 +44,10 @@ def test_adapt_student_on_three_squad_passages(tiny_models, squad_file, tmp_path
 
     # a rerun reuses the finished run; a changed config is refused
     code, _, err = run_cli(["adapt-student", "--docs", squad_file, "--limit", 3, "--teacher", tiny_models["llama"],
-                            "--student", tiny_models["qwen2"], "--output", out, *FAST], capsys)
+                            "--student", tiny_models["qwen2"], "--output", out, "--merge", *FAST], capsys)
     assert code == 0 and "complete" in err
     code, _, err = run_cli(["adapt-student", "--docs", squad_file, "--limit", 3, "--teacher", tiny_models["llama"],
-                            "--student", tiny_models["qwen2"], "--output", out, "--quiet", *FAST,
+                            "--student", tiny_models["qwen2"], "--output", out, "--quiet", "--merge", *FAST,
                             "--set", "student.lora.r=4"], capsys)
     assert code == 2 and "another config" in err and "student.lora.r" in err
 

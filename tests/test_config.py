@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Every shipped YAML must be listed here with the command it configures: a new file without a test fails.
 SHIPPED = {
     "adapt_knowledge.yaml": "adapt-student",
+    "adapt_arc.yaml": "adapt-student", "arc_fewshot.yaml": "train-teacher",
     "quickstart_cpu.yaml": "adapt-student",
     "knowledge_squad.yaml": "train-teacher",
 }

@@ -121,8 +121,6 @@ class KnowledgeTask:
     name = "knowledge"
 
     def __init__(self, self_edit: SelfEditSettings, train, eval_settings: EvalSettings):
-        from pipeline.tasks.base import Prepared  # noqa: F401  (documented return type)
-
         self.self_edit = self_edit
         self.train = train
         self.eval = eval_settings
