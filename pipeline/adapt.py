@@ -42,7 +42,7 @@ def prepare(config: AdaptConfig) -> list[Document]:
     docs = load_documents(config.docs, limit=config.limit)
     if config.questions:
         docs = load_questions(config.questions, docs)
-    check_model_reference(config.teacher.model.path, "teacher")
+    check_model_reference(config.teacher.model.path, "teacher", allow_adapter=True)
     check_model_reference(config.student.model.path, "student")
     knowledge.teacher_prompts(docs[:1], config.self_edit)  # validates the template
     if config.student.eval.metric == "llm_judge" and not config.student.eval.judge_model:

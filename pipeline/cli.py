@@ -146,6 +146,9 @@ def train_teacher_cmd(
 
     typer.echo(summary_markdown(metrics, cfg), nl=False)
     typer.echo(f"output: {cfg.output}")
+    from teacher.rest_em import final_teacher
+
+    typer.echo(f"trained teacher (pass as --teacher to adapt-student): {final_teacher(cfg)}")
 
 
 @app.command("demo")

@@ -16,7 +16,23 @@ def looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or Path(name).exists()
 
 
-def check_model_reference(name: str, role: str) -> None:
+def adapter_base(name: str) -> str | None:
+    """For a PEFT adapter folder (e.g. a trained teacher, runs/x/round_2/teacher), the base model it belongs to."""
+    import json
+
+    cfg = Path(name).expanduser() / "adapter_config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        base = json.loads(cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{cfg} is not valid JSON") from None
+    if not base:
+        raise UserError(f"{cfg} does not name its base model (base_model_name_or_path)")
+    return base
+
+
+def check_model_reference(name: str, role: str, *, allow_adapter: bool = False) -> None:
     """Fail early, before any output is written, on a reference that cannot be a model."""
     if not name:
         raise UserError(f"no {role} model given (--{role} MODEL: a hub id or a local folder)")
@@ -24,6 +40,9 @@ def check_model_reference(name: str, role: str) -> None:
     if p.exists():
         if not p.is_dir():
             raise UserError(f"{role} model {name!r} is a file; expected a model folder or a hub id")
+        if allow_adapter and (base := adapter_base(name)) is not None:
+            check_model_reference(base, f"{role} adapter's base")
+            return
         if not (p / "config.json").exists():
             raise UserError(f"{role} model folder {name!r} has no config.json (not a saved Hugging Face model)")
         return

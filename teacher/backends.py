@@ -33,6 +33,16 @@ class TransformersBackend:
     """Sampling with `model.generate`. Each prompt gets its own seed, so a resumed run redraws identical samples."""
 
     def __init__(self, model: ModelSettings, *, peft_model=None, tokenizer=None, base_model=None):
+        from pipeline.models import adapter_base
+
+        if peft_model is None and base_model is None and (base := adapter_base(model.path)) is not None:
+            # A trained teacher given as its LoRA folder: load the base it names, then the adapter on top.
+            from dataclasses import replace
+
+            from teacher.m_step import load_teacher
+
+            peft_model = load_teacher(replace(model, path=base), model.path, None, trainable=False)
+            model = replace(model, path=base)
         self.tokenizer = tokenizer or load_tokenizer(model.path, trust_remote_code=model.trust_remote_code)
         self.model = peft_model or base_model or load_causal_lm(
             model.path,
@@ -103,6 +113,12 @@ class VLLMBackend:
             ) from None
         from vllm import LLM
 
+        from pipeline.models import adapter_base
+
+        if lora_path is None and (base := adapter_base(model.path)) is not None:
+            from dataclasses import replace
+
+            lora_path, model = model.path, replace(model, path=base)
         self.tokenizer = load_tokenizer(model.path, trust_remote_code=model.trust_remote_code)
         self.lora_path = lora_path
         self.llm = LLM(

@@ -307,6 +307,17 @@ class RestEM:
         return _heldout_stats(recs)
 
 
+def final_teacher(config: TrainTeacherConfig) -> str:
+    """The last trained teacher of a run: a merged model folder or a LoRA adapter folder (both load as --teacher)."""
+    out = Path(config.output)
+    for r in range(config.rounds, 0, -1):
+        marker = out / f"round_{r}" / "m_step.json"
+        if marker.exists():
+            info = json.loads(marker.read_text(encoding="utf-8"))
+            return info["teacher_adapter"] or info["teacher_model"]
+    return config.teacher.model.path
+
+
 # ------------------------------------------------------------------------------------------------ statistics
 def _ci95(values: list[float]) -> float:
     return 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0

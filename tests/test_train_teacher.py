@@ -59,6 +59,16 @@ def test_two_rounds_leave_records_selections_checkpoints_and_metrics(tiny_models
     keys = [(b["student"], b["context"]) for b in baselines]
     assert len(keys) == len(set(keys))  # cached: computed once per context
     assert (out / "summary.md").read_text().count("\n| ") == 4
+    assert f"trained teacher (pass as --teacher to adapt-student): {out / 'round_2/teacher'}" in stdout
+
+    # the trained teacher (a LoRA folder) writes self-edits for adapt-student directly
+    code, _, err = run_cli(["adapt-student", "--docs", squad_file, "--limit", 1, "--teacher", out / "round_2/teacher",
+                            "--student", tiny_models["qwen2"], "--output", tmp_path / "adapt", "--quiet",
+                            "--set", "teacher.generation.num_samples=1", "--set", "teacher.generation.max_new_tokens=16",
+                            "--set", "student.train.epochs=1", "--set", "student.eval.max_new_tokens=4"], capsys)
+    assert code == 0, err
+    edits = _jsonl(tmp_path / "adapt/self_edits.jsonl")
+    assert len(edits) == 1 and edits[0]["self_edit"]
 
     # the run is complete: a rerun recomputes nothing; a changed config is refused
     mtime = (out / "round_2/e_step.jsonl").stat().st_mtime

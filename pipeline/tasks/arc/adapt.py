@@ -52,7 +52,7 @@ def check_input(config: AdaptConfig) -> list[ArcTask]:
     if config.docs or config.questions:
         raise UserError("--docs and --questions belong to --task knowledge; ARC tasks come from --arc-tasks FILE")
     tasks = load_contexts(config.arc, config.limit)
-    check_model_reference(config.teacher.model.path, "teacher")
+    check_model_reference(config.teacher.model.path, "teacher", allow_adapter=True)
     check_model_reference(config.student.model.path, "student")
     if config.teacher.generation.num_samples < 1:
         raise UserError("teacher.generation.num_samples must be at least 1")
