@@ -22,10 +22,10 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/seal-tt demo
 
 test: setup
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not distributed" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not distributed" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache

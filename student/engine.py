@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import LoraSettings, ModelSettings, TrainSettings
 from pipeline.errors import UserError
 from pipeline.models import encode_prompt, load_causal_lm, load_tokenizer, use_chat
-from student.data import TrainExample, collate, encode_texts, left_pad
+from student.batched import ADAPTER, _per_edit_loss_sums, _attention_scale, _length_buckets, _LoraBank, _BankAdamW, _Route, _routed_forward
+from student.data import IGNORE_INDEX, TrainExample, collate, encode_texts, left_pad
 
-ADAPTER = "default"
 
 
 @dataclass
@@ -32,6 +34,16 @@ class TrainStats:
     @property
     def final_loss(self) -> float:
         return self.losses[-1] if self.losses else float("nan")
+
+
+@dataclass
+class GenerationStats:
+    """What one `generate` call decoded: the work an answer needed, apart from what batching added."""
+
+    prompt_tokens: list[int]  # per prompt, in input order
+    new_tokens: list[int]  # per prompt: tokens up to and including the one that stopped it
+    batch_steps: list[int]  # per batch: decoding steps run (its longest row)
+    seconds: float = 0.0
 
 
 def lora_config(settings: LoraSettings):
@@ -60,6 +72,22 @@ def wrap_with_lora(model, settings: LoraSettings):
         ) from None
 
 
+def seeded_lora_state(params: dict, seed: int) -> dict:
+    """PEFT's default LoRA initialisation (A kaiming-uniform, B zero) drawn from `seed`, for parameters `params`."""
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    state = {}
+    for name, param in params.items():
+        if "lora_A" in name:
+            fresh = torch.empty(param.shape, dtype=torch.float32)
+            torch.nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=gen)
+            state[name] = fresh.to(param.device, param.dtype)
+        else:
+            state[name] = torch.zeros_like(param)
+    return state
+
+
 class StudentEngine:
     """Load once, then `reset() -> train() -> answer()` per self-edit.
 
@@ -86,6 +114,14 @@ class StudentEngine:
             raise UserError(f"LoRA on {lora.target_modules} created no trainable parameters")
         self._initial = {n: p.detach().clone() for n, p in self._lora.items()}
         self._newline_ids: set[int] | None = None
+        self._bank: _LoraBank | None = None
+        # What one extra forward+backward pass costs in train_many, in tokens of compute. On an H100 a pass of a 7B
+        # model reads its weights twice (~10 ms), about what ~250 tokens of matmuls take; on a CPU with a tiny model
+        # Python overhead dominates and the same order holds.
+        self.pass_overhead_tokens = 256
+        # A memory guard: no train_many pass holds more padded tokens than this (one long row always may).
+        self.max_pass_tokens: int | None = None
+        self.last_generation: GenerationStats | None = None
 
     # ------------------------------------------------------------------------------------------ adapter state
     @property
@@ -100,19 +136,13 @@ class StudentEngine:
         """
         import torch
 
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device="cpu").manual_seed(int(seed))
         with torch.no_grad():
-            for name, param in self._lora.items():
-                if gen is None:
-                    param.copy_(self._initial[name])
-                elif "lora_A" in name:
-                    fresh = torch.empty(param.shape, dtype=torch.float32)
-                    torch.nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=gen)
-                    param.copy_(fresh.to(param.dtype))
-                else:
-                    param.zero_()
+            for name, value in self.initial_state(seed).items():
+                self._lora[name].copy_(value)
+
+    def initial_state(self, seed: int | None = None) -> dict:
+        """The LoRA values `reset(seed)` installs, keyed like `lora_parameters` (the batched path starts from these)."""
+        return self._initial if seed is None else seeded_lora_state(self._lora, seed)
 
     def adapter_state(self) -> dict:
         return {n: p.detach().to("cpu", copy=True) for n, p in self._lora.items()}
@@ -143,40 +173,184 @@ class StudentEngine:
         stats = TrainStats()
         start = time.perf_counter()
         torch.manual_seed(seed)  # dropout
-        order_gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        n_batches = math.ceil(len(examples) / settings.batch_size)
-        total = max(1, n_batches * settings.epochs)
+        plan = _batch_plan(examples, settings, seed)
+        total = max(1, len(plan))
         params = list(self._lora.values())
-        optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        # One fused kernel per step on GPU instead of a dozen per tensor; the CPU default is already a single loop.
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay, **fused)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings, total))
+        pad = self.tokenizer.pad_token_id
+        losses = []
+        with self._training_mode(settings):
+            for rows in plan:
+                batch = collate(rows, pad)
+                # Counted on the host copy: reading a device tensor back each step would stall the GPU queue.
+                stats.tokens += int(batch["attention_mask"].sum())
+                inputs = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                loss = self.model(**inputs).loss
+                loss.backward()
+                if settings.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                stats.steps += 1
+                losses.append(loss.detach())
+        stats.losses = torch.stack(losses).float().cpu().tolist() if losses else []
+        stats.seconds = time.perf_counter() - start
+        return stats
+
+    @contextmanager
+    def _training_mode(self, settings: TrainSettings):
         if settings.gradient_checkpointing:
             # Reentrant checkpointing drops gradients when the frozen inputs carry none (LoRA's case).
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.model.enable_input_require_grads()
-        pad = self.tokenizer.pad_token_id
         self.model.train()
         try:
-            for _ in range(settings.epochs):
-                order = torch.randperm(len(examples), generator=order_gen).tolist()
-                for b in range(n_batches):
-                    batch = [examples[i] for i in order[b * settings.batch_size : (b + 1) * settings.batch_size]]
-                    inputs = {k: v.to(self.device) for k, v in collate(batch, pad).items()}
-                    loss = self.model(**inputs).loss
-                    loss.backward()
-                    if settings.max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    stats.steps += 1
-                    stats.tokens += int(inputs["attention_mask"].sum())
-                    stats.losses.append(float(loss.detach()))
+            yield
         finally:
             self.model.eval()
             if settings.gradient_checkpointing:
                 self.model.gradient_checkpointing_disable()
-        stats.seconds = time.perf_counter() - start
+
+    # -------------------------------------------------------------------------- several self-edits at once
+    def train_many(
+        self, example_sets: list[list[TrainExample]], settings: TrainSettings, seeds: list[int] | None = None
+    ) -> list[TrainStats]:
+        """Train one LoRA per example set, all of them in the same forward and backward passes over the frozen base.
+
+        Scoring candidate self-edits means many small trainings on one base; alone, each step of each is a batch of
+        one short sequence, which leaves a GPU waiting on weight reads and kernel launches. Here every step stacks
+        one batch from each unfinished edit and applies each row's own LoRA with batched matmuls.
+
+        Edit k starts from `initial_state(seeds[k])`, sees its examples in the order `train(..., seed=seeds[k])`
+        uses, and has its own loss normalisation, gradient-norm clip, AdamW moments, step count and learning-rate
+        schedule, so its result equals `reset(seeds[k]); train(example_sets[k], settings, seeds[k])` up to
+        floating-point summation order (exactly so only with LoRA dropout 0, the default: dropout masks are drawn
+        differently). The trained LoRAs stay in a bank beside the resident one, which is left untouched:
+        `answer_many` answers with them, `bank_state(k)` returns edit k's tensors for `load_adapter_state`.
+        `TrainStats.seconds` is the shared wall time divided evenly.
+        """
+        import torch
+
+        if not example_sets or any(not examples for examples in example_sets):
+            raise ValueError("every self-edit needs at least one training example")
+        seeds = list(range(len(example_sets))) if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != len(example_sets):
+            raise ValueError(f"{len(example_sets)} example sets but {len(seeds)} seeds")
+        start = time.perf_counter()
+        count = len(example_sets)
+        self._bank = bank = _LoraBank(self._lora_modules(), [self.initial_state(s) for s in seeds])
+        plans = [_batch_plan(examples, settings, seed) for examples, seed in zip(example_sets, seeds)]
+        schedules = [_schedule(settings, max(1, len(plan))) for plan in plans]
+        optimizer = _BankAdamW(bank, settings.learning_rate, settings.weight_decay)
+        stats = [TrainStats() for _ in range(count)]
+        step_losses = []  # (active edits, their losses as one device tensor) per step
+        pad = self.tokenizer.pad_token_id
+        torch.manual_seed(seeds[0])  # dropout, when there is any
+        attention_scale = _attention_scale(self.model.config)
+        with self._training_mode(settings), self._routing(bank) as route:
+            for step in range(max(len(plan) for plan in plans)):
+                active = [k for k in range(count) if step < len(plans[k])]
+                rows, owner = [], []
+                for k in active:
+                    rows += plans[k][step]
+                    owner += [k] * len(plans[k][step])
+                # Each edit's loss is a mean over its own tokens in this step, whichever pass its rows land in.
+                targets = torch.zeros(count)
+                for k, ex in zip(owner, rows):
+                    targets[k] += sum(label != IGNORE_INDEX for label in ex.labels[1:])
+                targets = targets.clamp(min=1).to(self.device, non_blocking=True)
+                losses = torch.zeros(count, device=self.device)
+                for part in _length_buckets([len(r.input_ids) for r in rows], self.pass_overhead_tokens,
+                                            attention_scale, self.max_pass_tokens):
+                    batch = collate([rows[i] for i in part], pad)
+                    part_owner = [owner[i] for i in part]
+                    for k, n in zip(part_owner, batch["attention_mask"].sum(1).tolist()):
+                        stats[k].tokens += n
+                    route.set(part_owner)
+                    logits = self.model(
+                        input_ids=batch["input_ids"].to(self.device, non_blocking=True),
+                        attention_mask=batch["attention_mask"].to(self.device, non_blocking=True),
+                    ).logits
+                    part_losses = _per_edit_loss_sums(
+                        logits, batch["labels"].to(self.device, non_blocking=True),
+                        torch.tensor(part_owner, device=self.device), count,
+                    ) / targets
+                    with warnings.catch_warnings():
+                        # The bank's per-module views are strided into one [edits, params] buffer on purpose (one
+                        # optimizer op for all); their gradients accumulate in place into the matching views.
+                        warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
+                        part_losses.sum().backward()
+                    losses += part_losses.detach()
+                optimizer.step(active, [schedules[k](stats[k].steps) for k in active], settings.max_grad_norm)
+                for k in active:
+                    stats[k].steps += 1
+                step_losses.append((active, losses))
+        history = torch.stack([losses for _, losses in step_losses]).float().cpu().tolist() if step_losses else []
+        for (active, _), values in zip(step_losses, history):
+            for k in active:
+                stats[k].losses.append(values[k])
+        elapsed = time.perf_counter() - start
+        for s in stats:
+            s.seconds = elapsed / count
         return stats
+
+    def train_texts_many(
+        self, text_sets: list[list[str]], settings: TrainSettings, seeds: list[int] | None = None
+    ) -> list[TrainStats]:
+        return self.train_many([self.encode(texts, settings.max_length) for texts in text_sets], settings, seeds)
+
+    def bank_state(self, index: int) -> dict:
+        """Edit `index`'s LoRA from the last `train_many`, keyed like `adapter_state()` (on the CPU)."""
+        if self._bank is None:
+            raise ValueError("no batched adapters: call train_many first")
+        return self._bank.state(index)
+
+    def answer_many(self, question_sets: list[list[str]], *, qa_prompt: str, use_chat_template="auto",
+                    max_new_tokens=64, batch_size=16) -> list[list[str]]:
+        """Answers per edit of the last `train_many`, question set k by LoRA k, all edits' rows batched together."""
+        if self._bank is None:
+            raise ValueError("no batched adapters: call train_many first")
+        if len(question_sets) != self._bank.count:
+            raise ValueError(f"{len(question_sets)} question sets for {self._bank.count} trained adapters")
+        prompts = [qa_prompt.format(question=q) for qs in question_sets for q in qs]
+        adapters = [k for k, qs in enumerate(question_sets) for _ in qs]
+        raw = self.generate(self.encode_prompts(prompts, use_chat_template), max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, adapters=adapters)
+        out, pos = [], 0
+        for qs in question_sets:
+            out.append([first_line(r) for r in raw[pos : pos + len(qs)]])
+            pos += len(qs)
+        return out
+
+    def _lora_modules(self) -> list[tuple[str, object]]:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+
+        found = []
+        for name, module in self.model.named_modules():
+            if not hasattr(module, "lora_A") or ADAPTER not in module.lora_A:
+                continue
+            if type(module) is not LoraLinear or module.use_dora.get(ADAPTER) or ADAPTER in module.lora_variant:
+                raise NotImplementedError(
+                    f"batched LoRA supports plain LoRA on linear layers; {name} is {type(module).__name__}"
+                )
+            found.append((name, module))
+        return found
+
+    @contextmanager
+    def _routing(self, bank: "_LoraBank"):
+        """Swap each LoRA layer's forward for one that applies bank row `route.idx[i]` to batch row i."""
+        route = _Route(self.device)
+        for name, module in self._lora_modules():
+            module.forward = _routed_forward(module, *bank.views[name], route)
+        try:
+            yield route
+        finally:
+            for _, module in self._lora_modules():
+                module.__dict__.pop("forward", None)
 
     # ------------------------------------------------------------------------------------------ generation
     def encode_prompts(self, prompts: list[str], use_chat_template: str = "auto") -> list[list[int]]:
@@ -184,19 +358,36 @@ class StudentEngine:
         return [encode_prompt(self.tokenizer, p, chat) for p in prompts]
 
     def generate(
-        self, prompt_ids: list[list[int]], *, max_new_tokens: int = 64, batch_size: int = 16, stop_at_newline=True
+        self, prompt_ids: list[list[int]], *, max_new_tokens: int = 64, batch_size: int = 16, stop_at_newline=True,
+        adapters: list[int] | None = None,
     ) -> list[str]:
-        """Greedy continuations, batched with left padding; decoding stops at the first newline when asked."""
+        """Greedy continuations, batched with left padding; decoding stops at the first newline when asked.
+
+        `adapters` (one bank index per prompt) answers with the LoRAs of the last `train_many` instead of the
+        resident one. The work each answer needed is recorded in `last_generation`.
+        """
         import torch
 
+        if adapters is not None:
+            if self._bank is None:
+                raise ValueError("generate(adapters=...) needs train_many first")
+            if len(adapters) != len(prompt_ids):
+                raise ValueError(f"{len(adapters)} adapter indices for {len(prompt_ids)} prompts")
+        start = time.perf_counter()
         outputs: list[str] = [""] * len(prompt_ids)
+        needed = [0] * len(prompt_ids)
+        steps = []
         # Longest prompts first so a batch holds similar lengths and pads little.
         order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
-        newline_ids = self._newline_token_ids() if stop_at_newline else None
+        newline_ids = self._newline_token_ids() if stop_at_newline else set()
+        stop_ids = torch.tensor(sorted(newline_ids | {self.tokenizer.eos_token_id} - {None}), dtype=torch.long)
         self.model.eval()
-        with torch.no_grad():
+        routing = self._routing(self._bank) if adapters is not None else nullcontext()
+        with torch.no_grad(), routing as route:
             for b in range(0, len(order), batch_size):
                 idx = order[b : b + batch_size]
+                if route is not None:
+                    route.set([adapters[i] for i in idx])
                 ids, mask = left_pad([prompt_ids[i] for i in idx], self.tokenizer.pad_token_id)
                 gen = self.model.generate(
                     input_ids=ids.to(self.device),
@@ -211,9 +402,17 @@ class StudentEngine:
                     # A fresh criterion per batch: it remembers which rows are done.
                     stopping_criteria=[_StopOnTokens(newline_ids)] if stop_at_newline else None,
                 )
-                new = gen[:, ids.shape[1] :]
+                new = gen[:, ids.shape[1] :].cpu()
+                steps.append(new.shape[1])
+                stopped = torch.isin(new, stop_ids)
+                first_stop = torch.where(stopped.any(1), stopped.int().argmax(1) + 1, new.shape[1]).tolist()
                 for row, i in enumerate(idx):
                     outputs[i] = self.tokenizer.decode(new[row], skip_special_tokens=True)
+                    needed[i] = first_stop[row]
+        self.last_generation = GenerationStats(
+            prompt_tokens=[len(p) for p in prompt_ids], new_tokens=needed, batch_steps=steps,
+            seconds=time.perf_counter() - start,
+        )
         return outputs
 
     def answer(self, questions: list[str], *, qa_prompt: str, use_chat_template="auto", max_new_tokens=64,
@@ -281,3 +480,19 @@ def _schedule(settings: TrainSettings, total: int):
         return 1.0
 
     return factor
+
+
+# ---------------------------------------------------------------------------------------------- batched LoRA
+def _batch_plan(examples: list[TrainExample], settings: TrainSettings, seed: int) -> list[list[TrainExample]]:
+    """Every step's batch for `epochs` passes over `examples`, reshuffled each epoch by a generator seeded with `seed`
+    (one plan shared by `train` and `train_many`, so that both see the same order)."""
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    size = settings.batch_size
+    n_batches = math.ceil(len(examples) / size)
+    plan = []
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(examples), generator=gen).tolist()
+        plan.extend([examples[i] for i in order[b * size : (b + 1) * size]] for b in range(n_batches))
+    return plan
