@@ -34,6 +34,9 @@ def verify_adapter(adapter_dir: str | Path, expected: dict | None = None) -> dic
     saved = load_file(str(path))
     if not saved or all(t.numel() == 0 for t in saved.values()):
         raise RuntimeError(f"adapter {path} holds no weights (were sharded parameters gathered before saving?)")
+    empty = sorted(k for k, t in saved.items() if t.numel() == 0)
+    if empty:
+        raise RuntimeError(f"adapter {path}: {len(empty)} tensors are empty, e.g. {empty[0]} (ZeRO-3 partitions not gathered?)")
     if expected is not None:
         by_key = {_canonical(k): v for k, v in saved.items()}
         for name, value in expected.items():
