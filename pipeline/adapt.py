@@ -47,6 +47,15 @@ def prepare(config: AdaptConfig) -> list[Document]:
     knowledge.teacher_prompts(docs[:1], config.self_edit)  # validates the template
     if config.student.eval.metric == "llm_judge" and not config.student.eval.judge_model:
         raise UserError("student.eval.metric is llm_judge but student.eval.judge_model is not set")
+    dist = config.student.distributed
+    if dist.deepspeed or dist.nproc > 1:
+        if config.mode != "joint":
+            raise UserError("sharded training (student.distributed) trains one adapter: it needs mode=joint")
+        if dist.nproc < 1:
+            raise UserError("student.distributed.nproc must be at least 1")
+        from student.distributed import load_deepspeed_config
+
+        load_deepspeed_config(dist.deepspeed)  # a missing or malformed file fails here, before any work
     if config.merge and config.mode != "joint":
         raise UserError("merge=true writes one merged model and needs mode=joint")
     if config.teacher.generation.num_samples < 1:
@@ -94,6 +103,17 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool)
         if config.self_edit.include_passage:
             texts_by_doc[doc.id].append(knowledge.with_title(doc, doc.text, config.self_edit))
 
+    sharded = bool(config.student.distributed.deepspeed or config.student.distributed.nproc > 1)
+    if sharded:
+        # Train first, in child processes, while this process holds no copy of the student.
+        if engine is not None:
+            engine = None
+            _free_memory()
+        t0 = time.perf_counter()
+        texts = [t for d in docs for t in texts_by_doc[d.id]]
+        sharded_stats = train_sharded(config, texts, run)
+        timings["train_seconds"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     if engine is None:
         engine = StudentEngine(config.student.model, config.student.lora)
@@ -110,7 +130,13 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool)
     after: list = []
     train_stats = []
     t0 = time.perf_counter()
-    if config.mode == "joint":
+    if sharded:
+        engine.load_adapter(run / "adapter")
+        train_stats.append({"document": None, **sharded_stats})
+        t1 = time.perf_counter()
+        after = knowledge.evaluate(engine, docs, ev, grader)
+        timings["eval_after_seconds"] = time.perf_counter() - t1
+    elif config.mode == "joint":
         texts = [t for d in docs for t in texts_by_doc[d.id]]
         say(f"student: training one adapter on {len(texts)} sequences from {len(docs)} documents")
         engine.reset()
@@ -118,7 +144,7 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool)
         train_stats.append({"document": None, "sequences": len(texts), **_stats(stats)})
         engine.save_adapter(run / "adapter")
         timings["train_seconds"] = time.perf_counter() - t0
-        if config.merge:
+        if config.merge:  # (sharded runs merge on rank 0 of the job)
             from student.adapters import merge_adapter
 
             m = config.student.model
@@ -139,6 +165,39 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool)
     report = _report(config, docs, edits, before, after, train_stats, timings)
     atomic_write_json(run / REPORT, report)
     return report
+
+
+def train_sharded(config: AdaptConfig, texts: list[str], run: RunDir) -> dict:
+    """One adapter trained on `texts` by `nproc` launched processes (DeepSpeed ZeRO when configured)."""
+    import dataclasses
+    import os
+
+    from student.distributed import ShardedSpec, launch_sharded
+
+    dist = config.student.distributed
+    work = run / ".sharded"
+    spec = ShardedSpec(
+        model_path=config.student.model.path,
+        output_dir=str(work),
+        texts=texts,
+        lora=dataclasses.asdict(config.student.lora),
+        train={**{("lr" if k == "learning_rate" else k): v for k, v in dataclasses.asdict(config.student.train).items()},
+               "seed": config.seed},
+        deepspeed_config=dist.deepspeed,
+        merge=config.merge,
+    )
+    say(f"student: training one adapter on {len(texts)} sequences, {dist.nproc} processes ({dist.launcher}"
+        + (f", DeepSpeed {dist.deepspeed}" if dist.deepspeed else "") + ")")
+    result = launch_sharded(spec, dist.nproc, dist.launcher)
+    for name in ("adapter", "merged"):
+        if (work / name).exists():
+            if (run / name).exists():
+                import shutil
+
+                shutil.rmtree(run / name)
+            os.replace(work / name, run / name)
+    return {"sequences": len(texts), "steps": result.get("steps"), "world_size": result.get("world_size"),
+            "zero_stage": result.get("zero_stage"), "final_loss": (result.get("losses") or [None])[-1]}
 
 
 def write_self_edits(config: AdaptConfig, docs: list[Document], path: Path, *, engine=None, progress=True) -> list[dict]:

@@ -97,6 +97,9 @@ def adapt_student_cmd(
     per_document: bool = typer.Option(False, "--per-document", help="One adapter per document instead of one for all."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N documents."),
     merge: bool = typer.Option(False, "--merge", help="Also save the student with the adapter merged in."),
+    deepspeed: Optional[str] = typer.Option(None, help="Shard the student's training: zero2, zero3, zero3_offload or a JSON."),
+    nproc: Optional[int] = typer.Option(None, help="Processes (GPUs) for sharded training."),
+    launcher: Optional[str] = typer.Option(None, help="torchrun (default), deepspeed or accelerate."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     force: bool = typer.Option(False, help="Resume even though the config changed / redo a finished run."),
@@ -110,6 +113,8 @@ def adapt_student_cmd(
         "docs": docs, "teacher.model.path": teacher, "student.model.path": student, "questions": questions,
         "output": output, "task": task, "limit": limit, "mode": "per_document" if per_document else None,
         "merge": True if merge else None,
+        "student.distributed.deepspeed": deepspeed, "student.distributed.nproc": nproc,
+        "student.distributed.launcher": launcher,
         "arc.challenges": arc_tasks, "arc.solutions": arc_solutions,
     }
     cfg = _load(AdaptConfig, config, flags, set_)

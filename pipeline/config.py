@@ -98,11 +98,22 @@ class TeacherSettings:
 
 
 @dataclass
+class DistributedSettings:
+    """Sharded training in child processes started by seal-tt (one node). `deepspeed` is a JSON path or one of
+    zero2 | zero3 | zero3_offload (configs/deepspeed/); null trains in this process."""
+
+    deepspeed: str | None = None
+    nproc: int = 1
+    launcher: Literal["torchrun", "deepspeed", "accelerate", "python"] = "torchrun"
+
+
+@dataclass
 class StudentSettings:
     model: ModelSettings = field(default_factory=ModelSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    distributed: DistributedSettings = field(default_factory=DistributedSettings)
 
 
 @dataclass
@@ -353,7 +364,11 @@ class MStepSettings:
     warmup_ratio: float = 0.0
     max_length: int = 2048
     gradient_checkpointing: bool = False
-    deepspeed: str | None = None  # a DeepSpeed JSON (configs/deepspeed/...), for teachers that need sharding
+    # A DeepSpeed JSON path or zero2 | zero3 | zero3_offload: the M-step then runs sharded over `nproc` processes
+    # started with `launcher`, for teachers that do not fit one device.
+    deepspeed: str | None = None
+    nproc: int = 1
+    launcher: Literal["torchrun", "deepspeed", "accelerate", "python"] = "torchrun"
 
 
 @dataclass
