@@ -41,6 +41,9 @@ def check_model_reference(name: str, role: str, *, allow_adapter: bool = False) 
         if not p.is_dir():
             raise UserError(f"{role} model {name!r} is a file; expected a model folder or a hub id")
         if allow_adapter and (base := adapter_base(name)) is not None:
+            from student.adapters import require_safetensors
+
+            require_safetensors(name)
             check_model_reference(base, f"{role} adapter's base")
             return
         if not (p / "config.json").exists():

@@ -65,6 +65,14 @@ def read_adapter_state(adapter_dir: str | Path, target: dict, adapter_name: str 
     return state
 
 
+def require_safetensors(adapter_dir: str | Path) -> None:
+    """Adapters from users are read only as safetensors: a pickled adapter_model.bin could run code when loaded."""
+    if not (Path(adapter_dir) / WEIGHTS).is_file():
+        extra = " (only a pickled adapter_model.bin is there; convert it to safetensors)" if (
+            Path(adapter_dir) / "adapter_model.bin").exists() else ""
+        raise UserError(f"no {WEIGHTS} in adapter folder {adapter_dir}{extra}")
+
+
 def adapter_config(adapter_dir: str | Path) -> dict:
     path = Path(adapter_dir) / "adapter_config.json"
     if not path.exists():
@@ -79,6 +87,7 @@ def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path, 
 
     from pipeline.models import load_causal_lm, load_tokenizer
 
+    require_safetensors(adapter_dir)
     base = load_causal_lm(base_path, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     with atomic_dir(out_dir) as tmp:

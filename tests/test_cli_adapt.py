@@ -143,6 +143,19 @@ def test_console_script_runs_and_reports_errors(tmp_path):
     assert res.returncode == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
 
 
+def test_pickled_adapters_are_refused(tiny_models, tmp_path, good_doc, capsys):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_models["llama"])}))
+    (adapter / "adapter_model.bin").write_bytes(b"not loaded")
+    code, _, err = run_cli(["adapt-student", "--docs", good_doc, "--teacher", adapter, "--student",
+                            tiny_models["llama"], "--output", tmp_path / "o"], capsys)
+    assert code == 2 and "adapter_model.safetensors" in err and "pickled" in err
+    code, _, err = run_cli(["merge", "--base", tiny_models["llama"], "--adapter", adapter, "--output",
+                            tmp_path / "m"], capsys)
+    assert code == 2 and "pickled" in err and not (tmp_path / "m").exists()
+
+
 def test_init_tiny_command(tmp_path, capsys):
     code, stdout, err = run_cli(["init-tiny", tmp_path / "m", "--arch", "qwen2"], capsys)
     assert code == 0, err
