@@ -100,7 +100,8 @@ class TeacherSettings:
 @dataclass
 class DistributedSettings:
     """Sharded training in child processes started by seal-tt (one node). `deepspeed` is a JSON path or one of
-    zero2 | zero3 | zero3_offload (configs/deepspeed/); null trains in this process."""
+    zero2 | zero3 | zero3_offload (configs/deepspeed/); null trains in this process. Sharded, `train.batch_size`
+    is per process: the global batch is batch_size x nproc."""
 
     deepspeed: str | None = None
     nproc: int = 1
@@ -365,7 +366,8 @@ class MStepSettings:
     max_length: int = 2048
     gradient_checkpointing: bool = False
     # A DeepSpeed JSON path or zero2 | zero3 | zero3_offload: the M-step then runs sharded over `nproc` processes
-    # started with `launcher`, for teachers that do not fit one device.
+    # started with `launcher`, for teachers that do not fit one device. Sharded, batch_size is per process
+    # (global batch = batch_size x gradient_accumulation_steps x nproc).
     deepspeed: str | None = None
     nproc: int = 1
     launcher: Literal["torchrun", "deepspeed", "accelerate", "python"] = "torchrun"

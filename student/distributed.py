@@ -490,17 +490,21 @@ def free_port() -> int:
 
 
 LAUNCHERS = ("torchrun", "deepspeed", "accelerate", "python")
+ENTRY_MODULE = "student.distributed_entry"
 
 
-def launch_command(spec_path: str | Path, nproc: int, launcher: str = "torchrun", port: int | None = None) -> list[str]:
-    """The command line that runs `student.distributed_entry` on `nproc` local processes with `launcher`.
+def launch_command(spec_path: str | Path, nproc: int, launcher: str = "torchrun", port: int | None = None,
+                   *, entry: str = ENTRY_MODULE) -> list[str]:
+    """The command line that runs the module `entry` (`--spec spec_path`) on `nproc` local processes.
+
+    `entry` defaults to `student.distributed_entry`; `teacher.m_step_sharded` is the other launchable entry.
 
     Each launcher is run as `python -m <its module>` with this interpreter, which is what the `torchrun`,
     `deepspeed` and `accelerate` scripts do, so the command works without the virtualenv's bin/ on PATH.
     """
     port = port or free_port()
     py = sys.executable
-    entry = ["student.distributed_entry", "--spec", str(spec_path)]
+    entry = [entry, "--spec", str(spec_path)]
     if launcher == "torchrun":
         return [py, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}", "-m", *entry]
     if launcher == "deepspeed":
@@ -530,8 +534,13 @@ def launch_sharded(
     env: dict[str, str] | None = None,
     timeout: float | None = None,
     cwd: str | Path | None = None,
+    entry: str = ENTRY_MODULE,
 ) -> dict:
     """Write `spec`, run it on `nproc` local processes and return the rank-0 `train_result.json` as a dict.
+
+    `spec` is anything with `output_dir` and `write(path)` (ShardedSpec, teacher.m_step_sharded.MStepSpec);
+    `entry` is the module every rank runs, reading `--spec output_dir/spec.json` and writing its result to
+    `output_dir/train_result.json`.
 
     The child environment gets OMP_NUM_THREADS=1 (several ranks share the cores) and the repository on
     PYTHONPATH unless `env` says otherwise.  A failed job raises RuntimeError with the tail of its output.
@@ -541,10 +550,35 @@ def launch_sharded(
     repo = Path(__file__).resolve().parents[1]
     child_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), child_env.get("PYTHONPATH", "")) if p)
-    cmd = launch_command(spec_path, nproc, launcher)
+    cmd = launch_command(spec_path, nproc, launcher, entry=entry)
     proc = subprocess.run(cmd, env=child_env, cwd=str(cwd or repo), capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
     (out / "launch.log").write_text(log)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}; last output:\n{log[-4000:]}")
     return json.loads((out / RESULT_FILE).read_text())
+
+
+def run_then_exit_hard(main) -> None:
+    """Run `main()` (returning an exit status) and leave with os._exit, skipping interpreter finalization.
+
+    Used by every launchable entry (student.distributed_entry, teacher.m_step_sharded): gloo's
+    worker threads can still hold the last reference to a finished collective's work when the main thread
+    finalizes the interpreter, and the rank then aborts (SIGABRT) after all its work was written.  Callers must
+    have written and closed everything they produce before `main` returns.
+    """
+    import logging
+    import traceback
+
+    code = 1
+    try:
+        code = main()
+    except SystemExit as e:  # argparse errors and --help
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 - reported here because os._exit skips Python's own report
+        traceback.print_exc()
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -65,30 +65,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_then_exit_hard() -> None:
-    """Run `main` and leave with os._exit, skipping interpreter finalization.
+    """Run `main` and leave with os._exit: see `student.distributed.run_then_exit_hard` for why (a gloo abort at
+    interpreter shutdown, ~1 run in 12 on a loaded machine, after all the work was written)."""
+    from student.distributed import run_then_exit_hard
 
-    Gloo's worker threads can still hold the last reference to a finished collective's work (tensors with
-    Python objects) when the main thread reaches Py_FinalizeEx; dropping it then needs the GIL of a dying
-    interpreter and the rank aborts ("terminate called without an active exception", SIGABRT), failing the
-    whole job after all its work was written.  It hit ~1 run in 12 on a loaded 2-core machine.  Everything
-    the job produces is written and closed before this point, so there is nothing left to finalize.
-    """
-    import logging
-    import os
-    import traceback
-
-    code = 1
-    try:
-        code = main()
-    except SystemExit as e:  # argparse errors and --help
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:  # noqa: BLE001 - reported here because os._exit skips Python's own report
-        traceback.print_exc()
-    finally:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    run_then_exit_hard(main)
 
 
 if __name__ == "__main__":

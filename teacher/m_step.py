@@ -32,8 +32,13 @@ def sft_dataset(pairs: list[dict], tokenizer, use_chat_template: str):
     return Dataset.from_list(rows)
 
 
-def load_teacher(model: ModelSettings, adapter: str | Path | None, lora, *, trainable: bool):
-    """The teacher's base with its LoRA: a saved adapter (continued), or a fresh one (`lora` settings)."""
+def load_teacher(model: ModelSettings, adapter: str | Path | None, lora, *, trainable: bool,
+                 seed: int | None = None):
+    """The teacher's base with its LoRA: a saved adapter (continued), or a fresh one (`lora` settings).
+
+    With `seed`, a fresh LoRA's initialisation (lora_A) is drawn right after seeding, so it depends on the seed
+    alone, not on what loading the base consumed: the same on every rank of a sharded M-step as in one process.
+    """
     from peft import PeftModel
 
     from student.engine import wrap_with_lora
@@ -42,6 +47,10 @@ def load_teacher(model: ModelSettings, adapter: str | Path | None, lora, *, trai
                           trust_remote_code=model.trust_remote_code, attn_implementation=model.attn_implementation)
     if adapter is not None:
         return PeftModel.from_pretrained(base, str(adapter), is_trainable=trainable)
+    if seed is not None:
+        from transformers import set_seed
+
+        set_seed(seed)
     return wrap_with_lora(base, lora)
 
 
@@ -55,52 +64,91 @@ def run_m_step(
     use_chat_template: str = "auto",
     seed: int = 0,
 ) -> dict:
-    """Train the teacher's LoRA on `pairs` ({"prompt", "completion"}) and save the adapter to `out_dir`."""
+    """Train the teacher's LoRA on `pairs` ({"prompt", "completion"}) and save the adapter to `out_dir`.
+
+    With `settings.deepspeed` set, the training runs sharded in `settings.nproc` launched processes
+    (`teacher.m_step_sharded`; `batch_size` is then per process); otherwise in this process.
+    """
     if not pairs:
         raise ValueError("the M-step needs at least one (prompt, completion) pair")
-    tokenizer = load_tokenizer(model.path, trust_remote_code=model.trust_remote_code)
-    peft_model = load_teacher(model, init_adapter, settings.lora, trainable=True)
-    info = sft_lora(peft_model, tokenizer, pairs, settings, device=pick_device(model.device),
-                    use_chat_template=use_chat_template, seed=seed)
-    trained = {n: p.detach().cpu().clone() for n, p in peft_model.named_parameters() if "lora_" in n}
-    save_peft_adapter(peft_model, out_dir, expected=trained)
+    if settings.deepspeed is not None:
+        from teacher.m_step_sharded import run_m_step_sharded
+
+        info = run_m_step_sharded(model, pairs, settings, out_dir, init_adapter=init_adapter,
+                                  use_chat_template=use_chat_template, seed=seed)
+    else:
+        tokenizer = load_tokenizer(model.path, trust_remote_code=model.trust_remote_code)
+        peft_model = load_teacher(model, init_adapter, settings.lora, trainable=True, seed=seed)
+        info = sft_lora(peft_model, tokenizer, pairs, settings, device=pick_device(model.device),
+                        use_chat_template=use_chat_template, seed=seed)
+        trained = {n: p.detach().cpu().clone() for n, p in peft_model.named_parameters() if "lora_" in n}
+        save_peft_adapter(peft_model, out_dir, expected=trained)
     info["init"] = str(init_adapter) if init_adapter else "fresh"
     return info
 
 
-def sft_lora(peft_model, tokenizer, pairs: list[dict], settings: MStepSettings, *, device: str = "cpu",
-             use_chat_template: str = "auto", seed: int = 0) -> dict:
-    """TRL `SFTTrainer` over a LoRA-wrapped model, completion-only loss; trains `peft_model` in place."""
-    from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+def sft_config(settings: MStepSettings, output_dir: str | Path, *, device: str = "cpu", seed: int = 0,
+               deepspeed_config: dict | None = None):
+    """The `SFTConfig` of the M-step; with `deepspeed_config` (a loaded DeepSpeed config) it trains under ZeRO.
+
+    Build it *before* loading the model on the sharded path: with a ZeRO-3 config it registers transformers'
+    global HfDeepSpeedConfig, so `from_pretrained` loads each rank's partition only (`zero.Init`); the caller
+    must keep the returned object alive until training ends (transformers holds it by a weak reference).
+    """
+    from trl import SFTConfig
 
     on_gpu = device.startswith("cuda")
+    cpu_deepspeed = deepspeed_config is not None and not on_gpu
+    if cpu_deepspeed:
+        # accelerate finds no accelerator and would assume one process (STACK.md, "DeepSpeed on CPU").
+        from student.distributed import _init_cpu_distributed
+
+        _init_cpu_distributed()
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        lr_scheduler_type=settings.lr_scheduler if settings.lr_scheduler != "constant" else "constant_with_warmup",
+        warmup_steps=settings.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        max_length=settings.max_length,
+        completion_only_loss=True,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
+        bf16=on_gpu and _bf16_ok(),
+        use_cpu=not on_gpu and deepspeed_config is None,
+        deepspeed=deepspeed_config,
+        # Reuse the gloo PartialState set up above (CPU DeepSpeed only; elsewhere accelerate makes its own).
+        accelerator_config={"use_configured_state": cpu_deepspeed},
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def sft_lora(peft_model, tokenizer, pairs: list[dict], settings: MStepSettings, *, device: str = "cpu",
+             use_chat_template: str = "auto", seed: int = 0, args=None) -> dict:
+    """TRL `SFTTrainer` over a LoRA-wrapped model, completion-only loss; trains `peft_model` in place.
+
+    `args`: an `SFTConfig` from `sft_config`, built before the model was loaded (the sharded path); by default
+    one is built here from `settings` (and `settings.deepspeed`, loaded, if set).
+    """
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
     work = Path(tempfile.mkdtemp(prefix="m_step_"))
     start = time.perf_counter()
     try:
-        args = SFTConfig(
-            output_dir=str(work),
-            num_train_epochs=settings.epochs,
-            learning_rate=settings.learning_rate,
-            per_device_train_batch_size=settings.batch_size,
-            gradient_accumulation_steps=settings.gradient_accumulation_steps,
-            lr_scheduler_type=settings.lr_scheduler if settings.lr_scheduler != "constant" else "constant_with_warmup",
-            warmup_steps=settings.warmup_ratio,  # a float < 1 is a ratio of the total steps
-            max_length=settings.max_length,
-            completion_only_loss=True,
-            gradient_checkpointing=settings.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
-            bf16=on_gpu and _bf16_ok(),
-            use_cpu=not on_gpu and settings.deepspeed is None,
-            deepspeed=settings.deepspeed,
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],
-            seed=seed,
-            data_seed=seed,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-        )
+        if args is None:
+            from student.distributed import load_deepspeed_config
+
+            args = sft_config(settings, work, device=device, seed=seed,
+                              deepspeed_config=load_deepspeed_config(settings.deepspeed))
         trainer = SFTTrainer(
             model=peft_model,
             args=args,
@@ -140,5 +188,12 @@ def _bf16_ok() -> bool:
 
 
 def check_deepspeed_config(path: str | None) -> None:
-    if path is not None and not Path(path).is_file():
-        raise UserError(f"m_step.deepspeed config not found: {path}")
+    """`m_step.deepspeed` names a shipped config (zero2, zero3, zero3_offload) or a readable JSON file."""
+    if path is None:
+        return
+    from student.distributed import load_deepspeed_config
+
+    try:
+        load_deepspeed_config(path)
+    except UserError as e:
+        raise UserError(f"m_step.deepspeed: {e}") from None
