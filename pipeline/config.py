@@ -15,9 +15,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import json
+import re
+
 import yaml
 
 from pipeline.errors import UserError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` (no dot) as a string; everyone writing a learning rate means a number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 # --------------------------------------------------------------------------------------------- settings blocks
@@ -226,6 +244,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, (dict, list)):  # JSON typed on the command line, e.g. a fallback recipe
+            return json.dumps(value)
         raise UserError(f"config key '{key}': expected a string, got {value!r}")
     raise TypeError(f"unsupported annotation {tp!r} for {key}")
 
@@ -262,15 +282,9 @@ def parse_override(item: str) -> dict:
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"override {item!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    # YAML reads 1e-3 as a string (no dot before the e); users mean a number.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in "eE.") and value.strip() else value
-        except ValueError:
-            pass
     nested: dict = value
     for part in reversed(key.split(".")):
         nested = {part: nested}
@@ -282,7 +296,7 @@ def read_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = _yaml_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -1,5 +1,6 @@
 """Configuration: every shipped YAML loads, and mistakes are refused rather than silently defaulted."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,14 @@ def test_overrides_are_typed_and_nested():
 def test_bad_overrides_are_user_errors(override, message):
     with pytest.raises(UserError, match=message):
         load_config(AdaptConfig, None, [override])
+
+
+def test_numbers_and_json_values():
+    cfg = load_config(AdaptConfig, None, ["student.train.learning_rate=1e-3", "student.train.weight_decay=-2E-5",
+                                          'arc.fallback_recipe={"loss": "output", "learning_rate": 1e-4}'])
+    assert cfg.student.train.learning_rate == 1e-3 and cfg.student.train.weight_decay == -2e-5
+    assert json.loads(cfg.arc.fallback_recipe) == {"loss": "output", "learning_rate": 1e-4}
+    assert load_config(AdaptConfig, None, ["output=runs/1e5"]).output == "runs/1e5"
 
 
 def test_bad_yaml_file(tmp_path):
