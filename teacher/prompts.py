@@ -37,9 +37,13 @@ FIELDS = {"title", "passage"}
 
 
 def load_template(name_or_path: str) -> str:
-    """A built-in template by name, or a user template file containing {passage} (and optionally {title})."""
+    """A built-in template by name, an inline template, or a template file; templates hold {passage} and
+    optionally {title}."""
     if name_or_path in TEMPLATES:
         return TEMPLATES[name_or_path]
+    if "{passage}" in name_or_path:  # the template itself, written inline in a config
+        check_template(name_or_path, "self_edit.prompt")
+        return name_or_path
     path = Path(name_or_path).expanduser()
     if not path.is_file():
         raise UserError(
