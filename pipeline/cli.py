@@ -59,6 +59,9 @@ def _quiet_libraries(quiet: bool) -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    import datasets  # TRL's dataset preparation prints a bar per step of every M-step
+
+    datasets.disable_progress_bars()
 
 
 @app.command("init-tiny")
@@ -161,7 +164,7 @@ def demo_cmd(
     output: str = typer.Option("runs/demo", "--output", "-o", help="Run folder."),
     quiet: bool = typer.Option(False, help="No progress output."),
 ):
-    """Run the embedded demonstration offline (models are built and cached on first use)."""
+    """Run the embedded demonstration offline: tiny models are built and cached on first use (plumbing, not learning)."""
     from pipeline.demo import quick_demo
 
     _quiet_libraries(quiet)
