@@ -140,7 +140,7 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool)
         texts = [t for d in docs for t in texts_by_doc[d.id]]
         say(f"student: training one adapter on {len(texts)} sequences from {len(docs)} documents")
         engine.reset()
-        stats = engine.train_texts(texts, tr, seed=config.seed)
+        stats = engine.train_texts(texts, tr, seed=config.seed, progress=progress)
         train_stats.append({"document": None, "sequences": len(texts), **_stats(stats)})
         engine.save_adapter(run / "adapter")
         timings["train_seconds"] = time.perf_counter() - t0

@@ -161,11 +161,16 @@ class StudentEngine:
     def encode(self, texts: list[str], max_length: int) -> list[TrainExample]:
         return encode_texts(self.tokenizer, texts, max_length)
 
-    def train_texts(self, texts: list[str], settings: TrainSettings, seed: int = 0) -> TrainStats:
-        return self.train(self.encode(texts, settings.max_length), settings, seed)
+    def train_texts(self, texts: list[str], settings: TrainSettings, seed: int = 0, *,
+                    progress: bool = False) -> TrainStats:
+        return self.train(self.encode(texts, settings.max_length), settings, seed, progress=progress)
 
-    def train(self, examples: list[TrainExample], settings: TrainSettings, seed: int = 0) -> TrainStats:
-        """Train the LoRA on `examples` from its current state; only LoRA parameters change."""
+    def train(self, examples: list[TrainExample], settings: TrainSettings, seed: int = 0, *,
+              progress: bool = False) -> TrainStats:
+        """Train the LoRA on `examples` from its current state; only LoRA parameters change.
+
+        `progress` shows a bar over optimizer steps (for long absorptions; the inner loop of ReST-EM leaves it off).
+        """
         import torch
 
         if not examples:
@@ -182,8 +187,10 @@ class StudentEngine:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings, total))
         pad = self.tokenizer.pad_token_id
         losses = []
+        from pipeline.progress import progress_bar
+
         with self._training_mode(settings):
-            for rows in plan:
+            for rows in progress_bar(plan, desc="student: training", enabled=progress):
                 batch = collate(rows, pad)
                 # Counted on the host copy: reading a device tensor back each step would stall the GPU queue.
                 stats.tokens += int(batch["attention_mask"].sum())
