@@ -453,6 +453,18 @@ def train_lora_sharded(
 # Launching a job from Python (what the CLI calls).
 
 
+def read_spec_fields(cls, path: str | Path) -> dict:
+    """The JSON of a launch spec, checked against the dataclass `cls`: unreadable or unknown fields are user errors."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read spec {path}: {e}") from e
+    unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise UserError(f"unknown spec field(s) {unknown} in {path}")
+    return data
+
+
 @dataclass
 class ShardedSpec:
     """Everything one sharded absorption needs; serialised to the JSON that `student.distributed_entry` reads."""
@@ -467,14 +479,7 @@ class ShardedSpec:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ShardedSpec":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read spec {path}: {e}") from e
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise UserError(f"unknown spec field(s) {unknown} in {path}")
-        return cls(**data)
+        return cls(**read_spec_fields(cls, path))
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)

@@ -50,13 +50,9 @@ class MStepSpec:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "MStepSpec":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read spec {path}: {e}") from e
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise UserError(f"unknown spec field(s) {unknown} in {path}")
+        from student.distributed import read_spec_fields
+
+        data = read_spec_fields(cls, path)
         try:
             return cls(**data)
         except TypeError as e:
