@@ -36,3 +36,15 @@ def squad_file():
     if not SQUAD.exists():
         pytest.skip(f"shared data not found at {SQUAD}")
     return SQUAD
+
+
+@pytest.fixture(scope="session")
+def default_world(tmp_path_factory):
+    """The demo's world, seed 0: one cold build (~4 min on 2 cores) shared by every test that needs it.
+
+    SEAL_TT_CACHE, when set, points at a cache that may already hold it (a developer's machine); CI builds it.
+    """
+    from pipeline.world import build_world_models
+
+    cache = os.environ.get("SEAL_TT_CACHE") or tmp_path_factory.mktemp("world_cache")
+    return build_world_models(cache, seed=0)
