@@ -173,6 +173,7 @@ def _build(out: Path, seed: int, recipe: WorldRecipe, parallel: bool | None, log
                                               stdout=logfile, stderr=subprocess.STDOUT))
         results = []
         try:
+            _report_while_running(procs, [out / f"{w}.log" for w in ("student", "teacher")], log)
             for which, proc in zip(("student", "teacher"), procs):
                 if proc.wait() != 0:
                     text = (out / f"{which}.log").read_text()
@@ -208,6 +209,20 @@ def _build(out: Path, seed: int, recipe: WorldRecipe, parallel: bool | None, log
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     log(f"world seed {seed} built in {manifest['build_seconds']} s: {timings}")
+
+
+def _report_while_running(procs, logs: list[Path], log, every: float = 30.0) -> None:
+    """Pass the workers' latest progress lines to ``log`` every ``every`` seconds until both are done."""
+    last = time.monotonic()
+    while any(p.poll() is None for p in procs):
+        time.sleep(0.5)
+        if time.monotonic() - last >= every:
+            last = time.monotonic()
+            lines = []
+            for path in logs:
+                text = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+                lines.append(f"{path.stem}: {text[-1] if text else 'starting'}")
+            log("  " + " | ".join(lines))
 
 
 def _train_one(job, log=None) -> tuple[str, float]:
