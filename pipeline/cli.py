@@ -161,15 +161,26 @@ def train_teacher_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    output: str = typer.Option("runs/demo", "--output", "-o", help="Run folder."),
+    output: Optional[str] = typer.Option(None, "--output", "-o",
+                                         help="Run folder; rerun to resume. [default: runs/demo, runs/demo-quick]"),
+    seed: Optional[list[int]] = typer.Option(None, "--seed", help="World seed; repeat it for several. [default: 0]"),
+    quick: bool = typer.Option(False, "--quick", help="Only check the plumbing on random tiny models (seconds)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a ReST-EM setting of the demo."),
+    force: bool = typer.Option(False, help="Resume even though the settings changed."),
     quiet: bool = typer.Option(False, help="No progress output."),
 ):
-    """Run the embedded demonstration offline: tiny models are built and cached on first use (plumbing, not learning)."""
-    from pipeline.demo import quick_demo
+    """The embedded demonstration, offline: ReST-EM in a synthetic world where the right answers are known."""
+    from pipeline.demo import quick_demo, summary_table, world_demo
 
     _quiet_libraries(quiet)
-    report = quick_demo(output, progress=not quiet)
-    _print_summary(report, output)
+    if quick:
+        output = output or "runs/demo-quick"
+        report = quick_demo(output, progress=not quiet)
+        _print_summary(report, output)
+        return
+    summary = world_demo(output or "runs/demo", seeds=seed or [0], overrides=set_, progress=not quiet, force=force)
+    typer.echo(summary_table(summary), nl=False)
+    typer.echo(f"output: {summary['output']} (report.json, demo.md, demo.png; one folder per seed)")
 
 
 @app.command("merge")

@@ -1,20 +1,23 @@
-"""Demonstrations: `seal-tt demo` (the README's main command) and the ReST-EM comparison behind it.
+"""`seal-tt demo`: the embedded default the README's main command runs, needing no download.
 
-`quick_demo` runs one adapt-student on random tiny models and the embedded sample documents: it checks the
-plumbing offline, not learning. `run_demo` is the full demonstration on any student, teacher and data with known
-answers: ReST-EM rounds, then on held-out contexts the student's accuracy with no adaptation, after absorbing the raw
-document, the round-0 teacher's self-edits and the trained teacher's, with 95% intervals, `report.json`, `demo.md`
-and a plot. (The embedded synthetic world it is meant to run on by default is not part of this release yet.)
+The full demonstration trains nothing from the hub: it builds (or reuses from the cache) a procedurally generated
+knowledge world with its own small student and teacher (`pipeline.world`), runs ReST-EM on the world's training
+people, and compares on held-out people the student's accuracy with no adaptation, after absorbing the raw
+document, after absorbing the round-0 teacher's self-edits and after the trained teacher's. `--quick` instead runs
+one adapt-student on random tiny models: it checks the plumbing, not learning.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 from importlib import resources
 from pathlib import Path
 
 from pipeline.config import AdaptConfig, TrainTeacherConfig, _deep_merge, load_config, parse_override
+from pipeline.errors import UserError
+from pipeline.progress import say
 
 # The demo's ReST-EM settings, visible in one place; `--set` overrides any of them.
 DEMO_SETTINGS: dict = {
@@ -59,10 +62,57 @@ def demo_config(wm, output: str | Path, overrides: list[str] | None = None) -> T
     return load_config(TrainTeacherConfig, None, data)
 
 
+def world_demo(output: str | Path = "runs/demo", *, seeds: list[int] | tuple[int, ...] = (0,),
+               overrides: list[str] | None = None, progress: bool = True, force: bool = False,
+               cache: str | Path | None = None, recipe=None) -> dict:
+    """For each world seed: build (or reuse) the world, run the demonstration into `output/seed_N`; then write
+    the summary over seeds to `output` (report.json, demo.md, demo.png). Reruns resume every seed."""
+    from pipeline.rundir import atomic_write_json, atomic_write_text
+    from pipeline.world import build_world_models
+
+    if not seeds:
+        raise UserError("demo: give at least one world seed")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"demo: world seeds repeat: {list(seeds)}")
+    _check_settings(overrides)  # a typo in --set must not wait for a world build to be reported
+    reports = []
+    for seed in seeds:
+        say(f"world seed {seed}: building the world's student and teacher (cached after the first run) ...")
+        wm = build_world_models(cache or cache_dir(), seed, recipe, log=say)
+        reports.append(run_demo(wm, Path(output) / f"seed_{seed}", seed=seed, overrides=overrides,
+                                progress=progress, force=force, describe=self_edit_style(wm, seed)))
+    summary = {"output": str(output), "seeds": list(seeds), "per_seed": reports,
+               "targets_met": {k: sum(r["targets"][k]["met"] for r in reports) for k in reports[0]["targets"]}}
+    out = Path(output)
+    atomic_write_json(out / "report.json", summary)
+    atomic_write_text(out / "demo.md", summary_table(summary))
+    _plot(reports, out / "demo.png")
+    return summary
+
+
+def _check_settings(overrides: list[str] | None) -> None:
+    from types import SimpleNamespace
+
+    placeholder = SimpleNamespace(student="student", teacher="teacher", data={"rl": "rl", "heldout": "heldout"},
+                                  qa_prompt="{question}", teacher_prompt="{passage}")
+    demo_config(placeholder, "output", overrides)
+
+
+def self_edit_style(wm, seed: int):
+    """record -> the style of its self-edit (qa, facts, partial, restate, noise, mixed, empty), parsed against
+    the facts of the world's person the document is about: what ReST-EM shifts the teacher towards."""
+    from pipeline.documents import load_documents
+    from pipeline.world.generator import WorldSpec, analyse_self_edit, make_world
+
+    world = make_world(seed, WorldSpec(**wm.manifest["recipe"]["spec"]))
+    person = {d.id: world.by_name[d.title] for d in load_documents(wm.data["heldout"])}
+    return lambda rec: analyse_self_edit(rec["self_edit"], person[rec["context"]])["style"]
+
+
 def run_demo(wm, output: str | Path, *, seed: int, overrides: list[str] | None = None, progress: bool = True,
-             force: bool = False) -> dict:
-    """The demonstration on given models and data. `wm` has `student`, `teacher` (model folders), `data["rl"]` and
-    `data["heldout"]` (documents with questions), `qa_prompt`, `teacher_prompt` and `root`."""
+             force: bool = False, describe=None) -> dict:
+    """The demonstration on given models and data (`wm`: student, teacher, data splits, the two prompts).
+    `describe(record) -> label`, when given, adds each round's held-out self-edits counted by label."""
     from pipeline.rundir import atomic_write_json, atomic_write_text
     from pipeline.train_teacher import train_teacher
 
@@ -70,11 +120,10 @@ def run_demo(wm, output: str | Path, *, seed: int, overrides: list[str] | None =
     metrics = train_teacher(config, progress=progress, force=force)
     out = Path(config.output)
     raw = _raw_document_scores(config, out, progress)
-    report = _world_report(config, metrics, raw, out, seed, wm)
+    report = _world_report(config, metrics, raw, out, seed, wm, describe)
     atomic_write_json(out / "report.json", report)
-    table = demo_table(report)
-    atomic_write_text(out / "demo.md", table)
-    _plot(report, out / "demo.png")
+    atomic_write_text(out / "demo.md", demo_table(report))
+    _plot([report], out / "demo.png")
     return report
 
 
@@ -114,39 +163,67 @@ def _mean_ci(values: list[float]) -> dict:
     return {"mean": mean, "ci95": ci, "n": len(values)}
 
 
-def _world_report(config, metrics, raw, out: Path, seed: int, wm) -> dict:
+def _ratio_ci(num: list[float], den: list[float], resamples: int = 2000) -> dict:
+    """mean(num) / mean(den) with a paired percentile-bootstrap 95% interval over people (seeded: reproducible).
+    A ratio over a zero denominator is None (JSON has no infinity)."""
+    import random
+
+    def ratio(idx):
+        d = sum(den[i] for i in idx)
+        return sum(num[i] for i in idx) / d if d else math.inf
+
+    n = len(num)
+    rng = random.Random(0)
+    draws = sorted(ratio([rng.randrange(n) for _ in range(n)]) for _ in range(resamples)) if n else [math.inf]
+    low, high = draws[int(0.025 * len(draws))], draws[int(0.975 * len(draws)) - 1]
+    finite = [None if math.isinf(x) else x for x in (ratio(range(n)) if n else math.inf, low, high)]
+    return dict(zip(("mean", "low", "high"), finite), n=n)
+
+
+def _world_report(config, metrics, raw, out: Path, seed: int, wm, describe=None) -> dict:
+    """Every figure is a mean over held-out people (each person's self-edit samples averaged first), so the
+    intervals are over people, the unit the world draws independently."""
     from pipeline.rundir import read_jsonl
 
     last = max(m["round"] for m in metrics)
+    people = [r["context"] for r in raw]
 
-    def heldout(r):
-        return read_jsonl(out / f"round_{r}" / "heldout.jsonl")
-
-    def per_context(records, key):
+    def per_person(r: int, key) -> list[float]:
         by: dict[str, list[float]] = {}
-        for rec in records:
-            by.setdefault(rec["context"], []).append(rec[key])
-        return [statistics.fmean(v) for v in by.values()]
+        for rec in read_jsonl(out / f"round_{r}" / "heldout.jsonl"):
+            by.setdefault(rec["context"], []).append(key(rec))
+        return [statistics.fmean(by[p]) for p in people]
 
+    def accuracy(rec):
+        return rec["score"]
+
+    def reward(rec):
+        return rec["score"] - rec["baseline"]
+
+    raw_acc = [r["score"] for r in raw]
+    trained = per_person(last, accuracy)
     conditions = {
         "no adaptation": _mean_ci([r["baseline"] for r in raw]),
-        "raw document": _mean_ci([r["score"] for r in raw]),
-        "round-0 teacher self-edits": _mean_ci(per_context(heldout(0), "score")),
-        f"trained teacher self-edits (round {last})": _mean_ci(per_context(heldout(last), "score")),
+        "raw document": _mean_ci(raw_acc),
+        "round-0 teacher self-edits": _mean_ci(per_person(0, accuracy)),
+        f"trained teacher self-edits (round {last})": _mean_ci(trained),
     }
-    rounds = []
-    for m in metrics:
-        recs = heldout(m["round"])
-        rounds.append({
-            "round": m["round"],
-            "heldout_reward": _mean_ci([x["score"] - x["baseline"] for x in recs]),
-            "heldout_accuracy": _mean_ci([x["score"] for x in recs]),
-            "e_step_reward": (m.get("e_step") or {}).get("reward_mean"),
-            "selected": m.get("selected"),
-        })
-    r0, rl = rounds[0]["heldout_reward"]["mean"], rounds[-1]["heldout_reward"]["mean"]
-    raw_acc = conditions["raw document"]["mean"]
-    trained_acc = conditions[f"trained teacher self-edits (round {last})"]["mean"]
+    rounds = [{
+        "round": m["round"],
+        "heldout_reward": _mean_ci(per_person(m["round"], reward)),
+        "heldout_accuracy": _mean_ci(per_person(m["round"], accuracy)),
+        "e_step_reward": (m.get("e_step") or {}).get("reward_mean"),
+        "selected": m.get("selected"),
+    } for m in metrics]
+    if describe is not None:
+        from collections import Counter
+
+        for r in rounds:
+            labels = Counter(describe(rec) for rec in read_jsonl(out / f"round_{r['round']}" / "heldout.jsonl"))
+            total = sum(labels.values())
+            r["self_edit_styles"] = {k: v / total for k, v in labels.most_common()}
+    gain = _mean_ci([b - a for a, b in zip(per_person(0, reward), per_person(last, reward))])
+    ratio = _ratio_ci(trained, raw_acc)
     return {
         "world_seed": seed,
         "world": str(wm.root),
@@ -155,11 +232,18 @@ def _world_report(config, metrics, raw, out: Path, seed: int, wm) -> dict:
         "conditions": conditions,
         "rounds": rounds,
         "targets": {
-            "reward_gain_over_round0": {"value": rl - r0, "target": 0.2, "met": rl - r0 >= 0.2},
-            "trained_vs_raw_accuracy": {"value": trained_acc / raw_acc if raw_acc else None, "target": 2.0,
-                                        "met": bool(raw_acc) and trained_acc >= 2 * raw_acc},
+            "reward_gain_over_round0": {**gain, "target": 0.2, "met": gain["mean"] >= 0.2},
+            "trained_vs_raw_accuracy": {**ratio, "target": 2.0,
+                                        "met": ratio["mean"] is not None and ratio["mean"] >= 2.0},
         },
     }
+
+
+def _ratio_text(t: dict) -> str:
+    if t["mean"] is None:
+        return "n/a"
+    high = "inf" if t["high"] is None else f"{t['high']:.2f}"
+    return f"{t['mean']:.2f}x [{t['low']:.2f}-{high}]"
 
 
 def demo_table(report: dict) -> str:
@@ -175,35 +259,74 @@ def demo_table(report: dict) -> str:
         lines.append(f"| {r['round']} | {r['heldout_reward']['mean']:+.3f} ± {r['heldout_reward']['ci95']:.3f} | "
                      f"{r['heldout_accuracy']['mean']:.3f} ± {r['heldout_accuracy']['ci95']:.3f} | {e} | "
                      f"{r['selected'] if r['selected'] is not None else '-'} |")
+    if all("self_edit_styles" in r for r in report["rounds"]):
+        totals: dict[str, float] = {}
+        for r in report["rounds"]:
+            for k, v in r["self_edit_styles"].items():
+                totals[k] = totals.get(k, 0.0) + v
+        styles = sorted(totals, key=lambda k: -totals[k])
+        lines += ["", "| held-out self-edits by style | " + " | ".join(styles) + " |",
+                  "|---|" + "---|" * len(styles)]
+        for r in report["rounds"]:
+            lines.append(f"| round {r['round']} | "
+                         + " | ".join(f"{r['self_edit_styles'].get(k, 0.0):.0%}" for k in styles) + " |")
     t = report["targets"]
     g, a = t["reward_gain_over_round0"], t["trained_vs_raw_accuracy"]
-    ratio = "n/a" if a["value"] is None else f"{a['value']:.2f}x"
-    lines += ["", f"- trained teacher's held-out reward minus round 0: {g['value']:+.3f} "
+    lines += ["", f"- trained teacher's held-out reward minus round 0's: {g['mean']:+.3f} ± {g['ci95']:.3f} "
                   f"(target >= +0.2: {'met' if g['met'] else 'NOT met'})",
-              f"- trained-teacher accuracy / raw-document accuracy: {ratio} "
+              f"- trained-teacher accuracy / raw-document accuracy: {_ratio_text(a)} "
               f"(target >= 2x: {'met' if a['met'] else 'NOT met'})"]
     return "\n".join(lines) + "\n"
 
 
-def _plot(report: dict, path: Path) -> None:
+def summary_table(summary: dict) -> str:
+    """One row per world seed, then each seed's own tables."""
+    reports = summary["per_seed"]
+    last = reports[0]["rounds"][-1]["round"]
+    lines = ["| world seed | no adaptation | raw document | round-0 teacher | trained teacher (round "
+             f"{last}) | reward gain over round 0 | trained / raw |", "|---|---|---|---|---|---|---|"]
+    for r in reports:
+        c = list(r["conditions"].values())
+        g = r["targets"]["reward_gain_over_round0"]
+        ratio = _ratio_text(r["targets"]["trained_vs_raw_accuracy"])
+        lines.append(f"| {r['world_seed']} | " + " | ".join(f"{v['mean']:.3f} ± {v['ci95']:.3f}" for v in c)
+                     + f" | {g['mean']:+.3f} ± {g['ci95']:.3f} | {ratio} |")
+    n, met = len(reports), summary["targets_met"]
+    lines += ["", "Accuracy with a 95% interval over held-out people; the ratio's interval is a paired bootstrap. "
+                  f"Targets met: reward gain >= +0.2 on {met['reward_gain_over_round0']}/{n} seeds, "
+                  f"trained >= 2x raw on {met['trained_vs_raw_accuracy']}/{n} seeds."]
+    for r in reports:
+        lines += ["", demo_table(r).rstrip("\n")]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(reports: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = [r["round"] for r in report["rounds"]]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    rw = [r["heldout_reward"] for r in report["rounds"]]
-    ax1.errorbar(rounds, [x["mean"] for x in rw], yerr=[x["ci95"] for x in rw], marker="o", capsize=4)
-    ax1.set(title="held-out mean reward per ReST-EM round", xlabel="round", ylabel="accuracy gain", xticks=rounds)
-    acc = [r["heldout_accuracy"] for r in report["rounds"]]
-    ax2.errorbar(rounds, [x["mean"] for x in acc], yerr=[x["ci95"] for x in acc], marker="o", capsize=4,
-                 label="teacher's self-edits")
-    for name, style in (("raw document", "--"), ("no adaptation", ":")):
-        ax2.axhline(report["conditions"][name]["mean"], linestyle=style, color="gray", label=name)
-    ax2.set(title="held-out accuracy", xlabel="round", ylabel="exact match", xticks=rounds, ylim=(0, 1))
-    ax2.legend(loc="best")
-    fig.suptitle(f"seal-tt demo, world seed {report['world_seed']}")
+    for i, report in enumerate(reports):
+        color, name = f"C{i}", f"seed {report['world_seed']}"
+        rounds = [r["round"] for r in report["rounds"]]
+        rw = [r["heldout_reward"] for r in report["rounds"]]
+        ax1.errorbar(rounds, [x["mean"] for x in rw], yerr=[x["ci95"] for x in rw], marker="o", capsize=4,
+                     color=color, label=name)
+        acc = [r["heldout_accuracy"] for r in report["rounds"]]
+        ax2.errorbar(rounds, [x["mean"] for x in acc], yerr=[x["ci95"] for x in acc], marker="o", capsize=4,
+                     color=color, label=f"{name}: teacher's self-edits" if len(reports) > 1 else "teacher's self-edits")
+        for cond, style in (("raw document", "--"), ("no adaptation", ":")):
+            ax2.axhline(report["conditions"][cond]["mean"], linestyle=style, color=color, alpha=0.6,
+                        label=(cond if len(reports) == 1 else f"{cond} (one line per seed)") if i == 0 else None)
+        ax1.set_xticks(rounds)
+        ax2.set_xticks(rounds)
+    ax1.set(title="held-out mean reward per ReST-EM round", xlabel="round", ylabel="accuracy gain")
+    ax1.legend(loc="best", fontsize="small")
+    ax2.set(title="held-out accuracy", xlabel="round", ylabel="exact match", ylim=(0, 1))
+    ax2.legend(loc="best", fontsize="x-small")
+    seeds = ", ".join(str(r["world_seed"]) for r in reports)
+    fig.suptitle(f"seal-tt demo, world seed{'s' if len(reports) > 1 else ''} {seeds} (bars: 95% intervals)")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)

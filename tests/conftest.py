@@ -38,6 +38,26 @@ def squad_file():
     return SQUAD
 
 
+SMALL_WORLD_SIZES = dict(n_pretrain=40, n_pretrain_qa=30, n_rl=20, n_heldout=20)
+
+
+@pytest.fixture(scope="session")
+def tiny_world_recipe():
+    """A world recipe that builds in seconds: few people, one-layer models trained for a few steps."""
+    from pipeline.world import WorldRecipe
+    from pipeline.world.generator import WorldSpec
+    from pipeline.world.pretrain import TrainConfig
+
+    return WorldRecipe(
+        spec=WorldSpec(**SMALL_WORLD_SIZES),
+        student=TrainConfig(layers=1, hidden=32, heads=2, mlp=64, epochs=1, batch_size=32, warmup=2),
+        teacher=TrainConfig(layers=1, hidden=32, heads=2, mlp=64, tie_embeddings=True, embed_std=0.1,
+                            identity_copy_init=True, per_token_loss=True, epochs=2, examples=64, batch_size=16,
+                            warmup=2),
+        final_epochs=1,
+    )
+
+
 @pytest.fixture(scope="session")
 def default_world(tmp_path_factory):
     """The demo's world, seed 0: one cold build (~4 min on 2 cores) shared by every test that needs it.

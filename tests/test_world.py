@@ -13,8 +13,9 @@ from pipeline.world.generator import (
     analyse_self_edit,
     make_world,
 )
+from tests.conftest import SMALL_WORLD_SIZES
 
-SMALL = WorldSpec(n_pretrain=40, n_pretrain_qa=30, n_rl=20, n_heldout=20)
+SMALL = WorldSpec(**SMALL_WORLD_SIZES)
 
 
 def test_same_seed_same_world_other_seed_other_world():
@@ -144,22 +145,8 @@ def test_copy_targets_point_at_the_prompt_words_being_copied(tmp_path):
     assert n_targets == 50 * 2 * len(FACTS)
 
 
-def _tiny_recipe():
-    from pipeline.world import WorldRecipe
-    from pipeline.world.pretrain import TrainConfig
-
-    return WorldRecipe(
-        spec=SMALL,
-        student=TrainConfig(layers=1, hidden=32, heads=2, mlp=64, epochs=1, batch_size=32, warmup=2),
-        teacher=TrainConfig(layers=1, hidden=32, heads=2, mlp=64, tie_embeddings=True, embed_std=0.1,
-                            identity_copy_init=True, per_token_loss=True, epochs=2, examples=64, batch_size=16,
-                            warmup=2),
-        final_epochs=1,
-    )
-
-
 @pytest.mark.parametrize("parallel", [False, True])
-def test_build_world_models_builds_once_then_reuses_the_cache(tmp_path, parallel):
+def test_build_world_models_builds_once_then_reuses_the_cache(tmp_path, parallel, tiny_world_recipe):
     import json
     import time
 
@@ -169,7 +156,7 @@ def test_build_world_models_builds_once_then_reuses_the_cache(tmp_path, parallel
     from pipeline.world import VERSION, WorldRecipe, build_world_models, world_dir
     from pipeline.world.pretrain import TEACHER_PROMPT
 
-    recipe = _tiny_recipe()
+    recipe = tiny_world_recipe
     wm = build_world_models(tmp_path, seed=3, recipe=recipe, parallel=parallel)
     assert wm.root == world_dir(tmp_path, 3, recipe) and wm.manifest["seed"] == 3
     assert world_dir(tmp_path, 3) != wm.root and world_dir(tmp_path, 3).name == f"world-v{VERSION}-seed3"
