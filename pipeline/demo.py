@@ -75,10 +75,14 @@ def world_demo(output: str | Path = "runs/demo", *, seeds: list[int] | tuple[int
     if len(set(seeds)) != len(seeds):
         raise UserError(f"demo: world seeds repeat: {list(seeds)}")
     _check_settings(overrides)  # a typo in --set must not wait for a world build to be reported
+    cache = Path(cache or cache_dir()).expanduser()
+    _check_writable(cache, "the world cache (set SEAL_TT_CACHE to move it)")
+    for seed in seeds:
+        _check_writable(Path(output) / f"seed_{seed}", "the demo's output folder")
     reports = []
     for seed in seeds:
         say(f"world seed {seed}: building the world's student and teacher (cached after the first run) ...")
-        wm = build_world_models(cache or cache_dir(), seed, recipe, log=say)
+        wm = build_world_models(cache, seed, recipe, log=say)
         reports.append(run_demo(wm, Path(output) / f"seed_{seed}", seed=seed, overrides=overrides,
                                 progress=progress, force=force, describe=self_edit_style(wm, seed)))
     summary = {"output": str(output), "seeds": list(seeds), "per_seed": reports,
@@ -88,6 +92,16 @@ def world_demo(output: str | Path = "runs/demo", *, seeds: list[int] | tuple[int
     atomic_write_text(out / "demo.md", summary_table(summary))
     _plot(reports, out / "demo.png")
     return summary
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write {what} at {folder}: {err.strerror or err}") from None
 
 
 def _check_settings(overrides: list[str] | None) -> None:

@@ -82,13 +82,17 @@ def test_ratio_interval_is_paired_and_never_infinite():
 @pytest.mark.parametrize("args, message", [
     (["--set", "rest_em.no_such_key=1"], "no_such_key"),
     (["--seed", "1", "--seed", "1"], "repeat"),
+    (["--output", "{tmp}/a_file"], "output folder"),
+    ([], "world cache"),  # SEAL_TT_CACHE below a file
 ])
 def test_demo_rejects_bad_input_in_one_line_before_building_anything(args, message, tmp_path, monkeypatch, capsys):
     from pipeline.cli import main
 
-    monkeypatch.setenv("SEAL_TT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "a_file").write_text("not a folder")
+    cache = tmp_path / ("a_file/cache" if not args else "cache")
+    monkeypatch.setenv("SEAL_TT_CACHE", str(cache))
     with pytest.raises(SystemExit) as exc:
-        main(["demo", "--output", str(tmp_path / "out"), "--quiet", *args])
+        main(["demo", "--output", str(tmp_path / "out"), "--quiet", *[a.format(tmp=tmp_path) for a in args]])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and err.startswith("error:") and message in err and err.count("\n") == 1
-    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+    assert exc.value.code == 2 and err.startswith("error:") and message in err and err.count("\n") == 1, err
+    assert not list(tmp_path.glob("**/world-*")) and not (tmp_path / "out").exists()
