@@ -148,13 +148,15 @@ class RunDir:
 
             old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
             new = to_dict(config)
-            diff = _diff(old, new, ignore=ignore)
+            # A run folder that was moved or copied is the same run: where it lives is not one of its settings
+            # (checkpoints inside it are found relative to it).
+            diff = _diff(old, new, ignore=("output", *ignore))
             if diff and not force:
                 shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
                 raise UserError(
                     f"{self.path} holds a run with another config ({shown}); use another --output, or --force to resume with the new config"
                 )
-            if diff:
+            if saved.read_text(encoding="utf-8") != text:
                 atomic_write_text(saved, text)
             return True
         if self.path.exists() and any(p.name != ".work" for p in self.path.iterdir()):

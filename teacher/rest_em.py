@@ -59,7 +59,7 @@ class RestEM:
         """The teacher after round r: (model to load, LoRA adapter on it or None)."""
         if r == 0:
             return self.base, None
-        info = json.loads((self.round_dir(r) / "m_step.json").read_text(encoding="utf-8"))
+        info = _read_m_step(self.round_dir(r) / "m_step.json", self.run_dir.path)
         model = ModelSettings(**{**self.base.__dict__, "path": info["teacher_model"]})
         return model, info["teacher_adapter"]
 
@@ -253,12 +253,12 @@ class RestEM:
         rdir = self.round_dir(r)
         marker = rdir / "m_step.json"
         if marker.exists():
-            return json.loads(marker.read_text(encoding="utf-8"))
+            return _read_m_step(marker, self.run_dir.path)
         prev_model, prev_adapter = self.teacher_at(r - 1)
         if not selected:
             say(f"round {r}: no self-edit selected; the teacher stays as it was")
             info = {"skipped": True, "pairs": 0, "teacher_model": prev_model.path, "teacher_adapter": prev_adapter}
-            atomic_write_json(marker, info)
+            atomic_write_json(marker, _locate_in_run(info, self.run_dir.path))
             return info
         init = self.config.rest_em.m_step_init
         if init == "base":
@@ -278,7 +278,7 @@ class RestEM:
             merge_teacher(train_on, rdir / "teacher", rdir / "teacher_merged")
             info.update({"teacher_model": str(rdir / "teacher_merged"), "teacher_adapter": None})
         gc.collect()
-        atomic_write_json(marker, info)
+        atomic_write_json(marker, _locate_in_run(info, self.run_dir.path))
         return info
 
     # -------------------------------------------------------------------------------------------- held-out
@@ -313,9 +313,33 @@ def final_teacher(config: TrainTeacherConfig) -> str:
     for r in range(config.rounds, 0, -1):
         marker = out / f"round_{r}" / "m_step.json"
         if marker.exists():
-            info = json.loads(marker.read_text(encoding="utf-8"))
+            info = _read_m_step(marker, out)
             return info["teacher_adapter"] or info["teacher_model"]
     return config.teacher.model.path
+
+
+# A round's teacher usually lives inside the run folder. m_step.json records such paths relative to the run as
+# well (under "in_run"), so a run folder that is moved or copied elsewhere still resumes from its own checkpoints.
+_TEACHER_KEYS = ("teacher_model", "teacher_adapter")
+
+
+def _locate_in_run(info: dict, run: Path) -> dict:
+    root = Path(run).resolve()
+    in_run = {}
+    for key in _TEACHER_KEYS:
+        if info.get(key):
+            try:
+                in_run[key] = Path(info[key]).resolve().relative_to(root).as_posix()
+            except ValueError:  # the base model or another folder: kept as given
+                pass
+    return {**info, "in_run": in_run} if in_run else info
+
+
+def _read_m_step(marker: Path, run: Path) -> dict:
+    info = json.loads(marker.read_text(encoding="utf-8"))
+    for key, rel in info.pop("in_run", {}).items():
+        info[key] = str(Path(run) / rel)
+    return info
 
 
 # ------------------------------------------------------------------------------------------------ statistics

@@ -80,6 +80,18 @@ def test_two_rounds_leave_records_selections_checkpoints_and_metrics(tiny_models
                             "--set", "rest_em.selection=all_positive"], capsys)
     assert code == 2 and "another config" in err and "rest_em.selection" in err
 
+    # a moved run folder is the same run: a third round continues from its own round-2 LoRA, at its new place
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    code, stdout, err = run_cli(["train-teacher", "--docs", squad_file, "--teacher", tiny_models["llama"],
+                                 "--student", tiny_models["qwen2"], "--rounds", 3, "--output", moved, "--quiet",
+                                 *SMALL], capsys)
+    assert code == 0, err
+    m3 = json.loads((moved / "round_3/m_step.json").read_text())
+    assert m3["init"] == str(moved / "round_2/teacher") and m3["in_run"] == {"teacher_adapter": "round_3/teacher"}
+    assert f"trained teacher (pass as --teacher to adapt-student): {moved / 'round_3/teacher'}" in stdout
+    assert not out.exists() and "moved" in (moved / "config.yaml").read_text()
+
 
 def _train_teacher_cmd(tiny_models, squad_file, out):
     exe = Path(sys.executable).with_name("seal-tt")
