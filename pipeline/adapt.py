@@ -16,6 +16,7 @@ import re
 import time
 import zlib
 from collections import defaultdict
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from pipeline.config import AdaptConfig
@@ -202,25 +203,15 @@ def train_sharded(config: AdaptConfig, texts: list[str], run: RunDir) -> dict:
 
 def write_self_edits(config: AdaptConfig, docs: list[Document], path: Path, *, engine=None, progress=True) -> list[dict]:
     """Sample k self-edits per document, appending each finished document's lines; resumes from what is there."""
-    from teacher.backends import TransformersBackend, make_backend
-
     k = config.teacher.generation.num_samples
     done = _complete_records(path, k)
     todo = [d for d in docs if d.id not in done]
     if todo:
-        if engine is not None:
-            # Teacher and student are one model: sample from the resident base with the (fresh) LoRA switched off.
-            backend = TransformersBackend(config.teacher.model, peft_model=engine.model, tokenizer=engine.tokenizer)
-        else:
-            backend = make_backend(config.teacher.backend, config.teacher.model)
         prompts = dict(zip([d.id for d in todo], knowledge.teacher_prompts(todo, config.self_edit)))
-        try:
+        with teacher_backend(config, engine) as (backend, adapter_off):
             for doc in progress_bar(todo, desc="teacher: writing self-edits", enabled=progress):
                 seed = context_seed(config.seed, "teacher", doc.id)
-                if engine is not None:
-                    with engine.model.disable_adapter():
-                        (samples,) = backend.sample([prompts[doc.id]], config.teacher.generation, [seed])
-                else:
+                with adapter_off():
                     (samples,) = backend.sample([prompts[doc.id]], config.teacher.generation, [seed])
                 lines = [
                     {
@@ -241,12 +232,30 @@ def write_self_edits(config: AdaptConfig, docs: list[Document], path: Path, *, e
                 for line in lines:
                     append_jsonl(path, line)
                 done[doc.id] = lines
-        finally:
-            if engine is None:
-                backend.close()
-                del backend
-                _free_memory()
     return [rec for d in docs for rec in done[d.id]]
+
+
+@contextmanager
+def teacher_backend(config: AdaptConfig, engine=None):
+    """(backend, adapter_off) for sampling the teacher.
+
+    When teacher and student are one model (`engine` given), the backend samples from the resident base, and
+    `adapter_off()` switches the student's LoRA off around each draw. Otherwise the teacher is loaded here, and
+    closed with its memory freed on exit, so that the student has the device to itself afterwards.
+    """
+    from teacher.backends import TransformersBackend, make_backend
+
+    if engine is not None:
+        yield (TransformersBackend(config.teacher.model, peft_model=engine.model, tokenizer=engine.tokenizer),
+               engine.model.disable_adapter)
+        return
+    backend = make_backend(config.teacher.backend, config.teacher.model)
+    try:
+        yield backend, nullcontext
+    finally:
+        backend.close()
+        del backend
+        _free_memory()
 
 
 def _complete_records(path: Path, k: int) -> dict[str, list[dict]]:

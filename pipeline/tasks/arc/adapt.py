@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.adapt import _free_memory, context_seed
+from pipeline.adapt import context_seed, teacher_backend
 from pipeline.config import AdaptConfig
 from pipeline.errors import UserError
 from pipeline.models import check_model_reference, load_tokenizer
@@ -125,26 +125,16 @@ def write_recipes(config: AdaptConfig, arc: ArcFewShotTask, tasks: list[ArcTask]
 
     One task's lines are appended together once its samples are drawn; a task cut short by a kill is redrawn.
     """
-    from teacher.backends import TransformersBackend, make_backend
-
     k = config.teacher.generation.num_samples
     done = _complete_records(path, k)
     todo = [t for t in tasks if t.id not in done]
     if not todo:
         return done
-    if engine is not None:
-        # Teacher and student are one model: sample from the resident base with the (fresh) LoRA switched off.
-        backend = TransformersBackend(config.teacher.model, peft_model=engine.model, tokenizer=engine.tokenizer)
-    else:
-        backend = make_backend(config.teacher.backend, config.teacher.model)
-    try:
+    with teacher_backend(config, engine) as (backend, adapter_off):
         for task in progress_bar(todo, desc="teacher: writing recipes", enabled=progress):
             seed = context_seed(config.seed, "teacher", task.id)
             start = time.perf_counter()
-            if engine is not None:
-                with engine.model.disable_adapter():
-                    (samples,) = arc.sample_self_edits(backend, [task], config.teacher.generation, [seed])
-            else:
+            with adapter_off():
                 (samples,) = arc.sample_self_edits(backend, [task], config.teacher.generation, [seed])
             seconds = (time.perf_counter() - start) / len(samples)
             lines = []
@@ -159,11 +149,6 @@ def write_recipes(config: AdaptConfig, arc: ArcFewShotTask, tasks: list[ArcTask]
             for line in lines:
                 append_jsonl(path, line)
             done[task.id] = lines
-    finally:
-        if engine is None:
-            backend.close()
-            del backend
-            _free_memory()
     return done
 
 
