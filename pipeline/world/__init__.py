@@ -7,7 +7,7 @@
     wm.qa_prompt, wm.teacher_prompt     # the prompt strings both models were trained with
 
 See ``generator`` for the world and ``pretrain`` for the two models; the measurements behind the choices are
-in the project notes.
+in docs/world_research_notes.md.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ def _student_config() -> TrainConfig:
 
 
 def _teacher_config() -> TrainConfig:
-    # What made copying learnable in minutes (NOTES): tied embeddings with a large init, the last layer's value
-    # and output maps starting at the identity, attention supervision on the copied words, small batches.
+    # What made copying learnable in minutes (docs/world_research_notes.md): tied embeddings with a large init,
+    # the last layer's value and output maps starting at the identity, attention supervision on the copied words,
+    # small batches.
     return TrainConfig(layers=2, hidden=128, heads=4, mlp=512, tie_embeddings=True, embed_std=0.1,
                        identity_copy_init=True, per_token_loss=True, lr=2e-3, batch_size=8, warmup=100, epochs=24,
                        examples=24_000)

@@ -168,7 +168,7 @@ def render_self_edit(person: Person, sibling: Person, style: str, rng: random.Ra
 
 @dataclass(frozen=True)
 class WorldSpec:
-    """Sizes of the world. The defaults are the demo world measured in NOTES; tests shrink them.
+    """Sizes of the world. The defaults are the demo world measured in docs/world_research_notes.md; tests shrink them.
 
     People come in sibling pairs inside a split, so every split size must be even.
     """
