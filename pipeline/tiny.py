@@ -98,27 +98,19 @@ def build_tiny_model(
 ) -> Path:
     """Write a random-weight `arch` model and its tokenizer to `out_dir` and return the folder."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM
+
+    from student.shapes import ModelShape, model_config
 
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose from {ARCHITECTURES}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(arch, corpus if corpus is not None else default_corpus(), shape.vocab_size)
-    config_cls = LlamaConfig if arch == "llama" else Qwen2Config
-    config = config_cls(
-        vocab_size=len(tokenizer),
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_hidden_layers,
-        num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_key_value_heads,
-        max_position_embeddings=shape.max_position_embeddings,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    # vocab_size None: as many token ids as the trained tokenizer has.
+    config = model_config(ModelShape("tiny", arch, shape.hidden_size, shape.intermediate_size,
+                                     shape.num_hidden_layers, shape.num_attention_heads, shape.num_key_value_heads,
+                                     None, max_position_embeddings=shape.max_position_embeddings), tokenizer)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
