@@ -11,7 +11,6 @@ Output folder:
 from __future__ import annotations
 
 import gc
-import json
 import re
 import time
 import zlib
@@ -24,7 +23,14 @@ from pipeline.documents import Document, load_documents, load_questions
 from pipeline.errors import UserError
 from pipeline.models import check_model_reference
 from pipeline.progress import progress_bar, say
-from pipeline.rundir import RunDir, append_jsonl, atomic_write_json, finished_report, read_jsonl, removed_on_user_error
+from pipeline.rundir import (
+    RunDir,
+    append_jsonl,
+    atomic_write_json,
+    complete_groups,
+    finished_report,
+    removed_on_user_error,
+)
 from pipeline.tasks import knowledge
 
 EDITS = "self_edits.jsonl"
@@ -204,7 +210,7 @@ def train_sharded(config: AdaptConfig, texts: list[str], run: RunDir) -> dict:
 def write_self_edits(config: AdaptConfig, docs: list[Document], path: Path, *, engine=None, progress=True) -> list[dict]:
     """Sample k self-edits per document, appending each finished document's lines; resumes from what is there."""
     k = config.teacher.generation.num_samples
-    done = _complete_records(path, k)
+    done = complete_groups(path, "document", k)
     todo = [d for d in docs if d.id not in done]
     if todo:
         prompts = dict(zip([d.id for d in todo], knowledge.teacher_prompts(todo, config.self_edit)))
@@ -256,19 +262,6 @@ def teacher_backend(config: AdaptConfig, engine=None):
         backend.close()
         del backend
         _free_memory()
-
-
-def _complete_records(path: Path, k: int) -> dict[str, list[dict]]:
-    """Documents whose k self-edits are all on disk; a document cut short by a kill is dropped and redone."""
-    by_doc: dict[str, list[dict]] = defaultdict(list)
-    for rec in read_jsonl(path):
-        by_doc[rec["document"]].append(rec)
-    complete = {d: recs for d, recs in by_doc.items() if len(recs) == k}
-    if len(complete) != len(by_doc) or (path.exists() and not path.read_text(encoding="utf-8").endswith("\n")):
-        from pipeline.rundir import atomic_write_text
-
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for recs in complete.values() for r in recs))
-    return dict(complete)
 
 
 def _free_memory() -> None:

@@ -97,6 +97,23 @@ def repair_jsonl(path: str | Path) -> None:
             atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in read_jsonl(path)))
 
 
+def complete_groups(path: str | Path, key: str, k: int) -> dict[str, list[dict]]:
+    """The records of `path` grouped by `record[key]`, keeping the groups of exactly k records.
+
+    A group cut short by a kill, and a torn last line, are removed from the file too, so that a resume draws the
+    group again whole and appends on a clean line.
+    """
+    path = Path(path)
+    groups: dict[str, list[dict]] = {}
+    for rec in read_jsonl(path):
+        groups.setdefault(rec[key], []).append(rec)
+    complete = {g: recs for g, recs in groups.items() if len(recs) == k}
+    if len(complete) != len(groups) or (path.exists() and not path.read_text(encoding="utf-8").endswith("\n")):
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                        for recs in complete.values() for r in recs))
+    return complete
+
+
 @contextmanager
 def removed_on_user_error(path: str | Path):
     """A run folder this call creates is removed again if a user error stops it: nothing half-written stays."""

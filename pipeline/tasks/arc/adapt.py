@@ -16,10 +16,8 @@ Output folder:
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from pipeline.adapt import context_seed, teacher_backend
@@ -32,6 +30,7 @@ from pipeline.rundir import (
     append_jsonl,
     atomic_write_json,
     atomic_write_text,
+    complete_groups,
     finished_report,
     read_jsonl,
     removed_on_user_error,
@@ -126,7 +125,7 @@ def write_recipes(config: AdaptConfig, arc: ArcFewShotTask, tasks: list[ArcTask]
     One task's lines are appended together once its samples are drawn; a task cut short by a kill is redrawn.
     """
     k = config.teacher.generation.num_samples
-    done = _complete_records(path, k)
+    done = complete_groups(path, "task", k)
     todo = [t for t in tasks if t.id not in done]
     if not todo:
         return done
@@ -189,18 +188,6 @@ def adapt_one(arc: ArcFewShotTask, engine, task: ArcTask, edits: list[dict], see
     result.update(prediction.to_json())
     result["solved"] = arc.solved(task, prediction) if task.test_outputs is not None else None
     return result
-
-
-def _complete_records(path: Path, k: int) -> dict[str, list[dict]]:
-    """Tasks whose k samples are all on disk; a task cut short by a kill is dropped (and redrawn)."""
-    by_task: dict[str, list[dict]] = defaultdict(list)
-    for rec in read_jsonl(path):
-        by_task[rec["task"]].append(rec)
-    complete = {t: recs for t, recs in by_task.items() if len(recs) == k}
-    if len(complete) != len(by_task) or (path.exists() and not path.read_text(encoding="utf-8").endswith("\n")):
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                        for recs in complete.values() for r in recs))
-    return complete
 
 
 def _adapter_names(tasks: list[ArcTask]) -> dict[str, str]:
