@@ -201,10 +201,11 @@ def _world_report(config, metrics, raw, out: Path, seed: int, wm, describe=None)
 
     last = max(m["round"] for m in metrics)
     people = [r["context"] for r in raw]
+    heldout = {m["round"]: read_jsonl(out / f"round_{m['round']}" / "heldout.jsonl") for m in metrics}
 
     def per_person(r: int, key) -> list[float]:
         by: dict[str, list[float]] = {}
-        for rec in read_jsonl(out / f"round_{r}" / "heldout.jsonl"):
+        for rec in heldout[r]:
             by.setdefault(rec["context"], []).append(key(rec))
         return [statistics.fmean(by[p]) for p in people]
 
@@ -233,7 +234,7 @@ def _world_report(config, metrics, raw, out: Path, seed: int, wm, describe=None)
         from collections import Counter
 
         for r in rounds:
-            labels = Counter(describe(rec) for rec in read_jsonl(out / f"round_{r['round']}" / "heldout.jsonl"))
+            labels = Counter(describe(rec) for rec in heldout[r["round"]])
             total = sum(labels.values())
             r["self_edit_styles"] = {k: v / total for k, v in labels.most_common()}
     gain = _mean_ci([b - a for a, b in zip(per_person(0, reward), per_person(last, reward))])
