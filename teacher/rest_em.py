@@ -20,14 +20,21 @@ import json
 import math
 import statistics
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from pipeline.adapt import context_seed
 from pipeline.config import ModelSettings, TrainTeacherConfig
 from pipeline.errors import UserError
 from pipeline.progress import progress_bar, say
-from pipeline.rundir import RunDir, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from pipeline.rundir import (
+    RunDir,
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    complete_groups,
+    read_jsonl,
+    repair_jsonl,
+)
 from teacher.selection import select
 
 VOLATILE = ("timings",)  # fields that differ between otherwise identical runs
@@ -144,12 +151,7 @@ class RestEM:
         gen = replace(self.config.teacher.generation, num_samples=n)
         if temperature is not None:
             gen = replace(gen, temperature=temperature)
-        by_ctx: dict[str, list[dict]] = defaultdict(list)
-        for rec in read_jsonl(path):
-            by_ctx[rec["context"]].append(rec)
-        complete = {c: recs for c, recs in by_ctx.items() if len(recs) == n}
-        if len(complete) != len(by_ctx):
-            atomic_write_text(path, "".join(json.dumps(x, ensure_ascii=False) + "\n" for v in complete.values() for x in v))
+        complete = complete_groups(path, "context", n)
         todo = [c for c in contexts if self.task.context_id(c) not in complete]
         if todo:
             backend = self._teacher_backend(r)
@@ -198,7 +200,7 @@ class RestEM:
                               temperature=None, tag="e_step")
         student = self.student_for(r - 1)
         path = rdir / "e_step.jsonl"
-        _drop_torn_line(path)
+        repair_jsonl(path)
         done = {(x["context"], x["sample"]): x for x in read_jsonl(path)}
         seeds = [context_seed(cfg.seed, "student", s) for s in range(cfg.rest_em.seeds_per_edit)]
         for ctx in progress_bar(contexts, desc=f"E-step r{r}: absorbing", enabled=self.progress):
@@ -290,7 +292,7 @@ class RestEM:
                               temperature=cfg.rest_em.heldout_temperature, tag="heldout")
         student = self.student_for(r)
         path = rdir / "heldout.jsonl"
-        _drop_torn_line(path)
+        repair_jsonl(path)
         done = {(x["context"], x["sample"]): x for x in read_jsonl(path)}
         seeds = [context_seed(cfg.seed, "student", 0)]
         for ctx in progress_bar(self.heldout, desc=f"held-out r{r}", enabled=self.progress):
@@ -397,7 +399,3 @@ def summary_markdown(metrics: list[dict], config: TrainTeacherConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _drop_torn_line(path: Path) -> None:
-    from pipeline.rundir import repair_jsonl
-
-    repair_jsonl(path)
