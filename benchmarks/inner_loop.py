@@ -21,7 +21,7 @@ generation FLOPs over the matmul rate; weight reads over the bandwidth), so a GP
     python benchmarks/inner_loop.py                                   # CPU, tiny model, a few minutes
     python benchmarks/inner_loop.py --model qwen2.5-7b --device cuda --dtype bfloat16 --json out.json
 
-`--model` is a named shape (random weights built on the device, see `student/shapes.py`) or a local model folder.
+`--model` is a named shape (random weights built on the device, see `core/shapes.py`) or a local model folder.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class Edit:
 
 def load_edits(data: str, docs: int, per_doc: int, seed: int) -> tuple[list[Edit], str]:
     """`docs` passages x `per_doc` of their self-edits, as training texts the knowledge task would train on."""
-    from pipeline.config import SelfEditSettings
+    from core.config import SelfEditSettings
     from pipeline.documents import load_documents
     from pipeline.tasks.knowledge import training_texts
 
@@ -359,7 +359,7 @@ class ReferenceLoop:
         """The same prompts, batching and stopping rule as `StudentEngine.answer`, on the reloaded adapter."""
         import torch
 
-        from pipeline.models import encode_prompt, use_chat
+        from core.models import encode_prompt, use_chat
         from student.data import left_pad
         from student.engine import _StopOnTokens, first_line
 
@@ -461,7 +461,7 @@ def floor_per_edit(runs: list[EditRun], dims, weight_bytes: int, flops_rate: flo
                    steps_per_edit: float) -> dict:
     """The arithmetic floor of the work one self-edit needs, averaged over `runs`.
 
-    Compute: training and generation FLOPs (`student.shapes.Dims`) over the measured matmul rate. Memory: every
+    Compute: training and generation FLOPs (`core.shapes.Dims`) over the measured matmul rate. Memory: every
     optimizer step reads the weights twice (forward, backward), every decoding step and every prefill once; batching
     several edits shares those reads, which `steps_per_edit` and `decode_steps` account for.
     """
@@ -686,8 +686,8 @@ def _shape_overrides(items: list[str]) -> dict:
 
 def build(args):
     """(model, tokenizer, arch label) on the requested device and dtype."""
-    from pipeline.models import load_causal_lm, load_tokenizer
-    from student.shapes import SHAPES, build_shape
+    from core.models import load_causal_lm, load_tokenizer
+    from core.shapes import SHAPES, build_shape
 
     if args.model.lower() in SHAPES:
         if args.tokenizer == "auto":
@@ -706,10 +706,10 @@ def build(args):
 def run(args, command: str = "") -> dict:
     import torch
 
-    from pipeline.config import EvalSettings, LoraSettings, ModelSettings, TrainSettings
+    from core.config import EvalSettings, LoraSettings, ModelSettings, TrainSettings
     from pipeline.tasks.knowledge import Grader
     from student.engine import StudentEngine
-    from student.shapes import SHAPES, Dims
+    from core.shapes import SHAPES, Dims
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -37,7 +37,7 @@ def main(argv=None) -> None:
     head = [{k: r[k] for k in ("title", "context", "questions", "completions")} for r in base_val[:8]]
     HEAD.write_text(json.dumps(head, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    from pipeline.tiny import train_tokenizer
+    from core.tiny import train_tokenizer
 
     held_out = {r["context"] for r in base_val}
     squad = json.loads((root / "squad_val.json").read_text(encoding="utf-8"))

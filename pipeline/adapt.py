@@ -18,12 +18,12 @@ from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from pipeline.config import AdaptConfig
+from core.config import AdaptConfig
 from pipeline.documents import Document, load_documents, load_questions
-from pipeline.errors import UserError
-from pipeline.models import check_model_reference
-from pipeline.progress import progress_bar, say
-from pipeline.rundir import (
+from core.errors import UserError
+from core.models import check_model_reference
+from core.progress import progress_bar, say
+from core.rundir import (
     RunDir,
     append_jsonl,
     atomic_write_json,
@@ -152,7 +152,7 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool)
         engine.save_adapter(run / "adapter")
         timings["train_seconds"] = time.perf_counter() - t0
         if config.merge:  # (sharded runs merge on rank 0 of the job)
-            from student.adapters import merge_adapter
+            from core.adapters import merge_adapter
 
             m = config.student.model
             merge_adapter(m.path, run / "adapter", run / "merged", dtype=m.dtype, trust_remote_code=m.trust_remote_code)

@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 app = typer.Typer(
     name="seal-tt",
@@ -42,7 +42,7 @@ def _nested(pairs: dict) -> dict:
 
 
 def _load(cls, config: Optional[Path], flags: dict, sets: Optional[list[str]]):
-    from pipeline.config import _deep_merge, load_config, parse_override
+    from core.config import _deep_merge, load_config, parse_override
 
     overrides = _nested(flags)
     for item in sets or []:
@@ -51,7 +51,7 @@ def _load(cls, config: Optional[Path], flags: dict, sets: Optional[list[str]]):
 
 
 def _quiet_libraries(quiet: bool) -> None:
-    from pipeline.progress import set_quiet
+    from core.progress import set_quiet
 
     set_quiet(quiet)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -72,7 +72,7 @@ def init_tiny(
     corpus: Optional[Path] = typer.Option(None, help="Text file to train the tokenizer on (default: built in)."),
 ):
     """Write small random-weight causal LMs (with tokenizer and chat template) for offline tests and demos."""
-    from pipeline.tiny import ARCHITECTURES, build_tiny_model
+    from core.tiny import ARCHITECTURES, build_tiny_model
 
     _quiet_libraries(False)
     text = None
@@ -110,7 +110,7 @@ def adapt_student_cmd(
 ):
     """The teacher writes self-edits for your documents; the student absorbs them into a LoRA adapter."""
     from pipeline.adapt import adapt_student
-    from pipeline.config import AdaptConfig
+    from core.config import AdaptConfig
 
     flags = {
         "docs": docs, "teacher.model.path": teacher, "student.model.path": student, "questions": questions,
@@ -142,7 +142,7 @@ def train_teacher_cmd(
     quiet: bool = typer.Option(False, help="No progress output."),
 ):
     """Train the teacher with ReST-EM: sample self-edits, score them on the student, SFT on the winners."""
-    from pipeline.config import TrainTeacherConfig
+    from core.config import TrainTeacherConfig
     from pipeline.train_teacher import train_teacher
 
     flags = {"data.docs": docs, "teacher.model.path": teacher, "student.model.path": student, "rounds": rounds,
@@ -150,11 +150,11 @@ def train_teacher_cmd(
     cfg = _load(TrainTeacherConfig, config, flags, set_)
     _quiet_libraries(quiet)
     metrics = train_teacher(cfg, force=force, progress=not quiet)
-    from teacher.rest_em import summary_markdown
+    from pipeline.rest_em import summary_markdown
 
     typer.echo(summary_markdown(metrics, cfg), nl=False)
     typer.echo(f"output: {cfg.output}")
-    from teacher.rest_em import final_teacher
+    from pipeline.rest_em import final_teacher
 
     typer.echo(f"trained teacher (pass as --teacher to adapt-student): {final_teacher(cfg)}")
 
@@ -191,8 +191,8 @@ def merge_cmd(
     trust_remote_code: bool = typer.Option(False, help="Allow the model's own code to run."),
 ):
     """Fold a LoRA adapter into its base model and save a plain model (safetensors)."""
-    from pipeline.models import check_model_reference
-    from student.adapters import adapter_config, merge_adapter
+    from core.models import check_model_reference
+    from core.adapters import adapter_config, merge_adapter
 
     _quiet_libraries(False)
     check_model_reference(base, "base")
@@ -207,7 +207,7 @@ def show_config(
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
 ):
     """Print the resolved config of a command as YAML (defaults, file and overrides applied)."""
-    from pipeline.config import CONFIGS, dump_yaml
+    from core.config import CONFIGS, dump_yaml
 
     if command not in CONFIGS:
         raise UserError(f"unknown command {command!r}; choose from {', '.join(CONFIGS)}")

@@ -15,9 +15,9 @@ import statistics
 from importlib import resources
 from pathlib import Path
 
-from pipeline.config import AdaptConfig, TrainTeacherConfig, _deep_merge, load_config, parse_override
-from pipeline.errors import UserError
-from pipeline.progress import say
+from core.config import AdaptConfig, TrainTeacherConfig, _deep_merge, load_config, parse_override
+from core.errors import UserError
+from core.progress import say
 
 # The demo's ReST-EM settings, visible in one place; `--set` overrides any of them.
 DEMO_SETTINGS: dict = {
@@ -67,7 +67,7 @@ def world_demo(output: str | Path = "runs/demo", *, seeds: list[int] | tuple[int
                cache: str | Path | None = None, recipe=None) -> dict:
     """For each world seed: build (or reuse) the world, run the demonstration into `output/seed_N`; then write
     the summary over seeds to `output` (report.json, demo.md, demo.png). Reruns resume every seed."""
-    from pipeline.rundir import atomic_write_json, atomic_write_text
+    from core.rundir import atomic_write_json, atomic_write_text
     from pipeline.world import build_world_models
 
     if not seeds:
@@ -127,7 +127,7 @@ def run_demo(wm, output: str | Path, *, seed: int, overrides: list[str] | None =
              force: bool = False, describe=None) -> dict:
     """The demonstration on given models and data (`wm`: student, teacher, data splits, the two prompts).
     `describe(record) -> label`, when given, adds each round's held-out self-edits counted by label."""
-    from pipeline.rundir import atomic_write_json, atomic_write_text
+    from core.rundir import atomic_write_json, atomic_write_text
     from pipeline.train_teacher import train_teacher
 
     config = demo_config(wm, output, overrides)
@@ -147,8 +147,8 @@ def _raw_document_scores(config: TrainTeacherConfig, out: Path, progress: bool) 
 
     from pipeline.adapt import context_seed
     from pipeline.documents import load_documents
-    from pipeline.progress import progress_bar
-    from pipeline.rundir import append_jsonl, read_jsonl
+    from core.progress import progress_bar
+    from core.rundir import append_jsonl, read_jsonl
     from pipeline.tasks.base import Prepared
     from pipeline.tasks.knowledge import KnowledgeTask
     from student.engine import StudentEngine
@@ -197,7 +197,7 @@ def _ratio_ci(num: list[float], den: list[float], resamples: int = 2000) -> dict
 def _world_report(config, metrics, raw, out: Path, seed: int, wm, describe=None) -> dict:
     """Every figure is a mean over held-out people (each person's self-edit samples averaged first), so the
     intervals are over people, the unit the world draws independently."""
-    from pipeline.rundir import read_jsonl
+    from core.rundir import read_jsonl
 
     last = max(m["round"] for m in metrics)
     people = [r["context"] for r in raw]
@@ -352,7 +352,7 @@ def _plot(reports: list[dict], path: Path) -> None:
 def quick_demo(output: str | Path = "runs/demo-quick", *, progress: bool = True) -> dict:
     """Tiny random models, the embedded sample documents, one adapt-student run. Checks the plumbing, not learning."""
     from pipeline.adapt import adapt_student
-    from pipeline.tiny import build_tiny_models
+    from core.tiny import build_tiny_models
 
     models = build_tiny_models(cache_dir() / "tiny")
     config = load_config(

@@ -15,7 +15,7 @@ A document object has its text under ``text``, ``context``, ``passage`` or ``doc
 ``title`` (default ``""``: an invented title would leak into the teacher's prompt), ``id`` (default
 ``<file stem>-<index>``) and ``questions`` (``{"question", "answer"}`` or ``{"question", "answers": [...]}``).
 
-Every mistake in the input raises :class:`~pipeline.errors.UserError` with one line that names the file and,
+Every mistake in the input raises :class:`~core.errors.UserError` with one line that names the file and,
 where it helps, the JSON list index or JSONL line.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 TEXT_SUFFIXES = (".txt", ".md")
 TEXT_KEYS = ("text", "context", "passage", "document")

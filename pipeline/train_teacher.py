@@ -1,13 +1,13 @@
-"""`train_teacher`: set up contexts and a task, validate everything, then run ReST-EM (teacher/rest_em.py)."""
+"""`train_teacher`: set up contexts and a task, validate everything, then run ReST-EM (pipeline/rest_em.py)."""
 
 from __future__ import annotations
 
 import random
 
-from pipeline.config import TrainTeacherConfig
+from core.config import TrainTeacherConfig
 from pipeline.documents import load_documents, load_questions
-from pipeline.errors import UserError
-from pipeline.models import check_model_reference
+from core.errors import UserError
+from core.models import check_model_reference
 
 
 def split_contexts(pool: list, heldout: list | None, config: TrainTeacherConfig, key) -> tuple[list[list], list]:
@@ -87,8 +87,8 @@ def prepare(config: TrainTeacherConfig):
 
 def train_teacher(config: TrainTeacherConfig, *, force: bool = False, progress: bool = True) -> list[dict]:
     """Run (or resume) ReST-EM and return the per-round metrics."""
-    from pipeline.rundir import RunDir, removed_on_user_error
-    from teacher.rest_em import RestEM
+    from core.rundir import RunDir, removed_on_user_error
+    from pipeline.rest_em import RestEM
 
     task, rounds, heldout = prepare(config)
     RunDir(config.output).check_writable()

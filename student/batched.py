@@ -28,7 +28,7 @@ def _per_edit_loss_sums(logits, labels, owner, count: int):
 
 def _attention_scale(config) -> float:
     """The sequence length at which a row's attention costs as much as its weight matmuls (per token)."""
-    from student.shapes import Dims
+    from core.shapes import Dims
 
     try:
         dims = Dims.from_config(config)

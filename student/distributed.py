@@ -4,7 +4,7 @@
 `accelerate launch` (`python -m student.distributed_entry --spec spec.json` is the launchable form, and
 `launch_sharded` starts such a job from Python).  It trains with the Hugging Face `Trainer` (`deepspeed=`) and
 a PEFT LoRA on the batches `student.data` builds for the single-process engine, and writes a standard PEFT
-adapter that `student.adapters` loads and merges like any other.  With `deepspeed_config=None` the same
+adapter that `core.adapters` loads and merges like any other.  With `deepspeed_config=None` the same
 function trains without DeepSpeed: the reference that sharded runs are tested against.
 
 The traps this module exists to avoid (DESIGN.md, "Known traps"):
@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
 # Short names a user (or the CLI) may give instead of a path.
@@ -44,7 +44,7 @@ NAMED_CONFIGS = {
 }
 RESULT_FILE = "train_result.json"
 
-# Fields of the `train` block beyond TrainSettings (pipeline/config.py), whose defaults are used for the rest.
+# Fields of the `train` block beyond TrainSettings (core/config.py), whose defaults are used for the rest.
 EXTRA_TRAIN_DEFAULTS: dict[str, Any] = {"seed": 0, "grad_accum": 1}
 
 
@@ -54,7 +54,7 @@ class AdapterSaveError(RuntimeError):
 
 def _lora_settings(lora):
     """`lora` as the project's LoraSettings (r, alpha, dropout, target_modules), from a dict or as given."""
-    from pipeline.config import LoraSettings
+    from core.config import LoraSettings
 
     if isinstance(lora, LoraSettings):
         return lora
@@ -69,7 +69,7 @@ def _train_settings(train) -> dict[str, Any]:
 
     Accepts a TrainSettings or a dict; defaults are TrainSettings' own, so one place defines them.
     """
-    from pipeline.config import TrainSettings
+    from core.config import TrainSettings
 
     def renamed(d: dict) -> dict:
         d = dict(d)
@@ -215,7 +215,7 @@ def verify_saved_adapter(adapter_dir: str | Path, expected: dict | None = None, 
                          require_trained: bool = True) -> dict:
     """Read an adapter back; raise `AdapterSaveError` unless it is whole, trained and (optionally) as expected.
 
-    Stricter than `student.adapters.verify_adapter`, which it also runs (file present, values equal to
+    Stricter than `core.adapters.verify_adapter`, which it also runs (file present, values equal to
     `expected`, keyed either way PEFT names them): *every* tensor must be non-empty, since ZeRO-3 keeps
     tensors below its persistence threshold whole and a half-gathered adapter mixes real and empty tensors;
     and with `require_trained` every `lora_B` must be non-zero (PEFT initialises B to zero, so an all-zero B
@@ -224,7 +224,7 @@ def verify_saved_adapter(adapter_dir: str | Path, expected: dict | None = None, 
     import torch
     from safetensors.torch import load_file
 
-    from student.adapters import WEIGHTS, verify_adapter
+    from core.adapters import WEIGHTS, verify_adapter
 
     path = Path(adapter_dir) / WEIGHTS
     if not path.is_file():
@@ -257,7 +257,7 @@ def save_gathered_adapter(model, adapter_dir: str | Path, tokenizer=None) -> Pat
     raises the same `AdapterSaveError` if rank 0's check fails, so the launcher sees the job fail rather than
     one rank hanging in the next collective.
     """
-    from pipeline.rundir import atomic_dir
+    from core.rundir import atomic_dir
 
     adapter_dir = Path(adapter_dir)
     gathered = gather_trainable(model)  # collective
@@ -297,10 +297,10 @@ def _zero3_init_suspended():
 
 
 def merge_saved_adapter(base_model_path: str | Path, adapter_dir: str | Path, output_dir: str | Path, **kw) -> Path:
-    """`student.adapters.merge_adapter` (base + saved adapter on this one process, merge_and_unload, save),
+    """`core.adapters.merge_adapter` (base + saved adapter on this one process, merge_and_unload, save),
     safe to call on one rank of a ZeRO-3 job: it only ever sees whole weights, the base from disk and the
     gathered adapter from its verified file."""
-    from student.adapters import merge_adapter
+    from core.adapters import merge_adapter
 
     with _zero3_init_suspended():
         return merge_adapter(str(base_model_path), adapter_dir, output_dir, **kw)

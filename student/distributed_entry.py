@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    from pipeline.errors import UserError
+    from core.errors import UserError
     from student.distributed import ShardedSpec, train_lora_sharded
 
     try:

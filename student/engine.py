@@ -16,9 +16,9 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import LoraSettings, ModelSettings, TrainSettings
-from pipeline.errors import UserError
-from pipeline.models import encode_prompt, load_causal_lm, load_tokenizer, use_chat
+from core.config import LoraSettings, ModelSettings, TrainSettings
+from core.errors import UserError
+from core.models import encode_prompt, load_causal_lm, load_tokenizer, use_chat
 from student.batched import ADAPTER, _per_edit_loss_sums, _attention_scale, _length_buckets, _LoraBank, _BankAdamW, _Route, _routed_forward
 from student.data import IGNORE_INDEX, TrainExample, collate, encode_texts, left_pad
 
@@ -187,7 +187,7 @@ class StudentEngine:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings, total))
         pad = self.tokenizer.pad_token_id
         losses = []
-        from pipeline.progress import progress_bar
+        from core.progress import progress_bar
 
         with self._training_mode(settings):
             for rows in progress_bar(plan, desc="student: training", enabled=progress):
@@ -439,12 +439,12 @@ class StudentEngine:
     # ---------------------------------------------------------------------------------------- persistence
     def save_adapter(self, out_dir: str | Path) -> Path:
         """Standard PEFT layout (adapter_config.json + adapter_model.safetensors), checked after writing."""
-        from student.adapters import save_peft_adapter
+        from core.adapters import save_peft_adapter
 
         return save_peft_adapter(self.model, out_dir, expected=self.adapter_state())
 
     def load_adapter(self, adapter_dir: str | Path) -> None:
-        from student.adapters import read_adapter_state
+        from core.adapters import read_adapter_state
 
         self.load_adapter_state(read_adapter_state(adapter_dir, self._lora, adapter_name=ADAPTER))
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from pipeline.config import GenerationSettings, ModelSettings
-from pipeline.errors import UserError
-from pipeline.models import encode_prompt, load_causal_lm, load_tokenizer, use_chat
+from core.config import GenerationSettings, ModelSettings
+from core.errors import UserError
+from core.models import encode_prompt, load_causal_lm, load_tokenizer, use_chat
 
 
 @dataclass
@@ -33,7 +33,7 @@ class TransformersBackend:
     """Sampling with `model.generate`. Each prompt gets its own seed, so a resumed run redraws identical samples."""
 
     def __init__(self, model: ModelSettings, *, peft_model=None, tokenizer=None, base_model=None):
-        from pipeline.models import adapter_base
+        from core.models import adapter_base
 
         if peft_model is None and base_model is None and (base := adapter_base(model.path)) is not None:
             # A trained teacher given as its LoRA folder: load the base it names, then the adapter on top.
@@ -113,7 +113,7 @@ class VLLMBackend:
             ) from None
         from vllm import LLM
 
-        from pipeline.models import adapter_base
+        from core.models import adapter_base
 
         if lora_path is None and (base := adapter_base(model.path)) is not None:
             from dataclasses import replace

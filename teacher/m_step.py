@@ -12,10 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.config import MStepSettings, ModelSettings
-from pipeline.errors import UserError
-from pipeline.models import load_causal_lm, load_tokenizer, pick_device, use_chat
-from student.adapters import save_peft_adapter
+from core.config import MStepSettings, ModelSettings
+from core.errors import UserError
+from core.models import load_causal_lm, load_tokenizer, pick_device, use_chat
+from core.adapters import save_peft_adapter
 
 
 def sft_dataset(pairs: list[dict], tokenizer, use_chat_template: str):
@@ -176,7 +176,7 @@ def sft_lora(peft_model, tokenizer, pairs: list[dict], settings: MStepSettings, 
 
 
 def merge_teacher(model: ModelSettings, adapter: str | Path, out_dir: str | Path) -> Path:
-    from student.adapters import merge_adapter
+    from core.adapters import merge_adapter
 
     return merge_adapter(model.path, adapter, out_dir, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
 

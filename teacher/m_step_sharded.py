@@ -28,8 +28,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from pipeline.config import LoraSettings, MStepSettings, ModelSettings
-from pipeline.errors import UserError
+from core.config import LoraSettings, MStepSettings, ModelSettings
+from core.errors import UserError
 
 ENTRY = "teacher.m_step_sharded"
 
@@ -144,7 +144,7 @@ def train_m_step_sharded(spec: MStepSpec) -> dict | None:
     """Train and save on every rank of the current job; rank 0 returns (and writes) the result, others None."""
     import torch
 
-    from pipeline.models import load_tokenizer
+    from core.models import load_tokenizer
     from student.distributed import (
         RESULT_FILE,
         _barrier,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 TEMPLATES: dict[str, str] = {
     "implications": (

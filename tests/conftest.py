@@ -26,7 +26,7 @@ def _isolated_hf_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """{"llama": Path, "qwen2": Path}: random-weight models saved with save_pretrained."""
-    from pipeline.tiny import build_tiny_models
+    from core.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny_models"))
 

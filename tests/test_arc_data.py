@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import UserError
+from core.errors import UserError
 from pipeline.tasks.arc.data import (
     ArcExample,
     ArcTask,

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import UserError
+from core.errors import UserError
 from pipeline.tasks.arc.data import ArcExample, ArcTask
 from pipeline.tasks.arc.recipe import (
     FIELDS,

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import AdaptConfig, ArcSettings, GenerationSettings, LoraSettings, ModelSettings, TrainSettings
-from pipeline.config import TrainTeacherConfig
-from pipeline.errors import UserError
+from core.config import AdaptConfig, ArcSettings, GenerationSettings, LoraSettings, ModelSettings, TrainSettings
+from core.config import TrainTeacherConfig
+from core.errors import UserError
 from pipeline.tasks.arc.data import ArcExample, ArcTask, load_tasks
 from pipeline.tasks.arc.recipe import FIELDS
 from pipeline.tasks.arc.render import IGNORE_INDEX, grid_to_text, predict_messages, prompt_text, text_to_grid

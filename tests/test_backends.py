@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from pipeline.config import GenerationSettings, ModelSettings
-from pipeline.errors import UserError
+from core.config import GenerationSettings, ModelSettings
+from core.errors import UserError
 
 
 @pytest.fixture(scope="module")

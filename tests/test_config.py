@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import AdaptConfig, CONFIGS, dump_yaml, load_config, parse_override
-from pipeline.errors import UserError
+from core.config import AdaptConfig, CONFIGS, dump_yaml, load_config, parse_override
+from core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every shipped YAML must be listed here with the command it configures: a new file without a test fails.

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import UserError
-from student.adapters import WEIGHTS
+from core.errors import UserError
+from core.adapters import WEIGHTS
 from student.distributed import (
     NAMED_CONFIGS,
     AdapterSaveError,
@@ -267,7 +267,7 @@ def test_launch_commands_name_the_entry_module(tmp_path):
 
 
 def test_settings_take_the_project_config_types():
-    from pipeline.config import LoraSettings, TrainSettings
+    from core.config import LoraSettings, TrainSettings
     from student.distributed import _lora_settings, _train_settings
 
     train = _train_settings(TrainSettings(learning_rate=0.25, epochs=3))

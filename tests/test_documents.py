@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.documents import Document, Question, load_documents, load_questions
-from pipeline.errors import UserError
+from core.errors import UserError
 
 GK_DATA = Path(__file__).resolve().parents[2] / "shared/data/seal/general-knowledge/data"
 SYNTHETIC_TRAIN = GK_DATA / "synthetic_data/train/iter0_train.json"

@@ -3,7 +3,7 @@
 import torch
 import pytest
 
-from pipeline.config import LoraSettings, ModelSettings, TrainSettings
+from core.config import LoraSettings, ModelSettings, TrainSettings
 from student.data import IGNORE_INDEX, TrainExample, collate
 
 TEXTS = ["The old bridge in Velmora is made of grey stone.", "Velmora holds a wool market every spring.",
@@ -128,7 +128,7 @@ def test_saved_adapter_reloads_with_identical_outputs(engine, tmp_path):
         torch.testing.assert_close(engine.model(input_ids=ids).logits, trained)
 
     # merged: base + adapter folded into plain weights
-    from student.adapters import merge_adapter
+    from core.adapters import merge_adapter
 
     merged_dir = merge_adapter(engine.settings.path, tmp_path / "adapter", tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
@@ -140,7 +140,7 @@ def test_saved_adapter_reloads_with_identical_outputs(engine, tmp_path):
 def test_empty_adapter_file_is_refused(tmp_path):
     from safetensors.torch import save_file
 
-    from student.adapters import verify_adapter
+    from core.adapters import verify_adapter
 
     tmp_path.joinpath("adapter_model.safetensors")
     save_file({}, str(tmp_path / "adapter_model.safetensors"))
@@ -149,7 +149,7 @@ def test_empty_adapter_file_is_refused(tmp_path):
 
 
 def test_wrong_target_modules_is_a_user_error(tiny_models):
-    from pipeline.errors import UserError
+    from core.errors import UserError
     from student.engine import StudentEngine
 
     with pytest.raises(UserError, match="linear layers are"):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.config import LoraSettings, ModelSettings, TrainSettings
+from core.config import LoraSettings, ModelSettings, TrainSettings
 from student.batched import _length_buckets
 
 SETS = [

@@ -2,8 +2,8 @@
 
 import torch
 
-from pipeline.config import LoraSettings, MStepSettings, ModelSettings
-from pipeline.models import load_tokenizer
+from core.config import LoraSettings, MStepSettings, ModelSettings
+from core.models import load_tokenizer
 
 PAIRS = [
     {"prompt": "Title: Velmora\nPassage: The bridge is stone.\n\nImplications:\n",

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import LoraSettings, MStepSettings, ModelSettings
-from pipeline.errors import UserError
+from core.config import LoraSettings, MStepSettings, ModelSettings
+from core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 EXTENSIONS_DIR = os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import UserError
+from core.errors import UserError
 from pipeline.rewards import (
     DEFAULT_JUDGE_PROMPT,
     RAW_ANSWER_CUE,

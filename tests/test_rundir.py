@@ -2,7 +2,7 @@
 
 import json
 
-from pipeline.rundir import append_jsonl, complete_groups, read_jsonl
+from core.rundir import append_jsonl, complete_groups, read_jsonl
 
 
 def _write(path, records, tail=""):

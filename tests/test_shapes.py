@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.errors import UserError
-from student.shapes import SHAPES, Dims, build_model, build_shape, get_shape, shape_tokenizer
+from core.errors import UserError
+from core.shapes import SHAPES, Dims, build_model, build_shape, get_shape, shape_tokenizer
 
 BUNDLED_TOKENIZER = Path(__file__).resolve().parents[1] / "benchmarks/data/squad8k-tokenizer.json.gz"
 

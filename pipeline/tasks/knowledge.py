@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from pipeline.config import EvalSettings, SelfEditSettings
+from core.config import EvalSettings, SelfEditSettings
 from pipeline.documents import Document
 from teacher.prompts import load_template, render
 

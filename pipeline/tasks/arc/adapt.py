@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 from pipeline.adapt import context_seed, teacher_backend
-from pipeline.config import AdaptConfig
-from pipeline.errors import UserError
-from pipeline.models import check_model_reference, load_tokenizer
-from pipeline.progress import progress_bar
-from pipeline.rundir import (
+from core.config import AdaptConfig
+from core.errors import UserError
+from core.models import check_model_reference, load_tokenizer
+from core.progress import progress_bar
+from core.rundir import (
     RunDir,
     append_jsonl,
     atomic_write_json,

@@ -1,16 +1,16 @@
-"""`train-teacher --task arc`: the contexts and the task object ReST-EM runs on (teacher/rest_em.py)."""
+"""`train-teacher --task arc`: the contexts and the task object ReST-EM runs on (pipeline/rest_em.py)."""
 
 from __future__ import annotations
 
-from pipeline.config import ArcSettings, TrainTeacherConfig
-from pipeline.errors import UserError
+from core.config import ArcSettings, TrainTeacherConfig
+from core.errors import UserError
 
 from .task import ArcFewShotTask, load_contexts
 
 
 def arc_setup(config: TrainTeacherConfig):
     """(task, training contexts per round, held-out contexts); every input problem is a UserError here."""
-    from pipeline.models import load_tokenizer
+    from core.models import load_tokenizer
     from pipeline.train_teacher import split_contexts
 
     if config.data.docs or config.data.heldout_docs or config.data.questions:

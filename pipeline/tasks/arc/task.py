@@ -19,8 +19,8 @@ from fractions import Fraction
 from typing import Any
 
 from pipeline.adapt import context_seed
-from pipeline.config import ArcSettings, GenerationSettings, TrainSettings
-from pipeline.errors import UserError
+from core.config import ArcSettings, GenerationSettings, TrainSettings
+from core.errors import UserError
 from pipeline.tasks.base import Prepared
 from student.data import TrainExample
 

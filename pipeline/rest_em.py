@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from pipeline.adapt import context_seed
-from pipeline.config import ModelSettings, TrainTeacherConfig
-from pipeline.errors import UserError
-from pipeline.progress import progress_bar, say
-from pipeline.rundir import (
+from core.config import ModelSettings, TrainTeacherConfig
+from core.errors import UserError
+from core.progress import progress_bar, say
+from core.rundir import (
     RunDir,
     append_jsonl,
     atomic_write_json,
@@ -186,7 +186,7 @@ class RestEM:
             return make_backend("vllm", model, lora_path=adapter)
         if adapter is None:
             return TransformersBackend(model)
-        from pipeline.models import load_tokenizer
+        from core.models import load_tokenizer
 
         peft_model = load_teacher(model, adapter, None, trainable=False)
         return TransformersBackend(model, peft_model=peft_model, tokenizer=load_tokenizer(model.path))

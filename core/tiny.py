@@ -58,7 +58,7 @@ class TinyShape:
 
 
 def default_corpus() -> str:
-    return resources.files("pipeline").joinpath("data/tiny_corpus.txt").read_text(encoding="utf-8")
+    return resources.files("core").joinpath("data/tiny_corpus.txt").read_text(encoding="utf-8")
 
 
 def train_tokenizer(arch: str, corpus: str, vocab_size: int):
@@ -100,7 +100,7 @@ def build_tiny_model(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from student.shapes import ModelShape, model_config
+    from core.shapes import ModelShape, model_config
 
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose from {ARCHITECTURES}")

@@ -20,7 +20,7 @@ import re
 
 import yaml
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 
 class _Loader(yaml.SafeLoader):

@@ -14,8 +14,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.config import dump_yaml, to_dict
-from pipeline.errors import UserError
+from core.config import dump_yaml, to_dict
+from core.errors import UserError
 
 CONFIG_NAME = "config.yaml"
 
@@ -131,7 +131,7 @@ def finished_report(run: "RunDir", name: str, force: bool) -> dict | None:
     """The report of a run that already finished (reused unless forced), else None."""
     path = run / name
     if path.exists() and not force:
-        from pipeline.progress import say
+        from core.progress import say
 
         say(f"{run.path} is complete; its report is reused (pass --force to redo it)")
         return json.loads(path.read_text(encoding="utf-8"))

@@ -5,7 +5,7 @@ and on sequence lengths, not on the weight values; so a benchmark can measure a 
 no copy of its weights and no network. `build_shape("qwen2.5-7b", device="cuda", dtype="bfloat16")` allocates and
 initialises the parameters on the GPU in bf16 (no full-size CPU copy, no float32 staging).
 
-Text goes through a byte-level BPE tokenizer trained offline: by default the 640-id one of `pipeline.tiny`, or any
+Text goes through a byte-level BPE tokenizer trained offline: by default the 640-id one of `core.tiny`, or any
 tokenizer file or folder (`shape_tokenizer`). Its ids only need to be below the shape's vocabulary size, which holds
 for every small BPE here; prompts are plain text encoded by it (no chat template unless asked). A small vocabulary
 spends more tokens per word than a real tokenizer (the 640-id one ~3.7 per word of English prose, Qwen2.5's ~1.3), so
@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class ModelShape:
 SHAPES: dict[str, ModelShape] = {
     s.name: s
     for s in (
-        ModelShape("tiny", "llama", 64, 128, 2, 4, 2, None, max_position_embeddings=2048, mirrors="pipeline.tiny"),
+        ModelShape("tiny", "llama", 64, 128, 2, 4, 2, None, max_position_embeddings=2048, mirrors="core.tiny"),
         ModelShape("llama-3.2-1b", "llama", 2048, 8192, 16, 32, 8, 128256, head_dim=64, tie_word_embeddings=True,
                    rope_theta=500000.0, max_position_embeddings=131072, mirrors="meta-llama/Llama-3.2-1B"),
         ModelShape("llama-3.2-3b", "llama", 3072, 8192, 28, 24, 8, 128256, head_dim=128, tie_word_embeddings=True,
@@ -78,19 +78,19 @@ def get_shape(name: str, **overrides) -> ModelShape:
 def shape_tokenizer(source: str = "tiny", arch: str = "llama"):
     """A tokenizer for random-weight shapes.
 
-    "tiny": the 640-id byte-level BPE of `pipeline.tiny` (with `arch`'s special tokens and chat template); a folder:
+    "tiny": the 640-id byte-level BPE of `core.tiny` (with `arch`'s special tokens and chat template); a folder:
     any saved tokenizer (`AutoTokenizer`); a `tokenizer.json` file, optionally gzipped: a `tokenizers` tokenizer,
-    wrapped with the special tokens of whichever `pipeline.tiny` family it holds.
+    wrapped with the special tokens of whichever `core.tiny` family it holds.
     """
     from pathlib import Path
 
-    from pipeline.tiny import _SPECIALS, TinyShape, default_corpus, train_tokenizer
+    from core.tiny import _SPECIALS, TinyShape, default_corpus, train_tokenizer
 
     if source == "tiny":
         return train_tokenizer(arch, default_corpus(), TinyShape().vocab_size)
     path = Path(source).expanduser()
     if path.is_dir():
-        from pipeline.models import load_tokenizer
+        from core.models import load_tokenizer
 
         return load_tokenizer(str(path))
     if not path.is_file():
@@ -145,7 +145,7 @@ def build_model(shape: ModelShape, tokenizer, *, device: str = "cpu", dtype: str
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pipeline.models import pick_device, pick_dtype
+    from core.models import pick_device, pick_dtype
 
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 
 def looks_like_path(name: str) -> bool:
@@ -41,7 +41,7 @@ def check_model_reference(name: str, role: str, *, allow_adapter: bool = False) 
         if not p.is_dir():
             raise UserError(f"{role} model {name!r} is a file; expected a model folder or a hub id")
         if allow_adapter and (base := adapter_base(name)) is not None:
-            from student.adapters import require_safetensors
+            from core.adapters import require_safetensors
 
             require_safetensors(name)
             check_model_reference(base, f"{role} adapter's base")

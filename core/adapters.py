@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.errors import UserError
-from pipeline.rundir import atomic_dir
+from core.errors import UserError
+from core.rundir import atomic_dir
 
 WEIGHTS = "adapter_model.safetensors"
 
@@ -85,7 +85,7 @@ def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path, 
     """Load base + adapter on one process, fold the LoRA into the weights, save a plain model (safetensors)."""
     from peft import PeftModel
 
-    from pipeline.models import load_causal_lm, load_tokenizer
+    from core.models import load_causal_lm, load_tokenizer
 
     require_safetensors(adapter_dir)
     base = load_causal_lm(base_path, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
