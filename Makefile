@@ -8,7 +8,7 @@ STAMP := $(VENV)/.seal-tt-installed
 CONSTRAINTS ?= -c constraints-cpu.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast lint-imports clean
 
 setup: $(STAMP)
 
@@ -22,10 +22,14 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 demo: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 $(BIN)/seal-tt demo
 
-test: setup
+# The import contracts first (pyproject.toml, [tool.importlinter]): a broken layer fails in seconds, naming the chain.
+lint-imports: setup
+	$(BIN)/lint-imports --no-cache
+
+test: setup lint-imports
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup lint-imports
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not distributed" $(PYTEST_ARGS)
 
 clean:

@@ -286,7 +286,8 @@ class ReferenceLoop:
         from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PrinterCallback, TrainingArguments
 
         from student.data import IGNORE_INDEX, encode_texts
-        from student.engine import lora_config, seeded_lora_state
+        from core.lora import lora_config
+        from student.engine import seeded_lora_state
 
         tmp = self.workdir / f"inner_TTT_{edit.seed}"
         t0 = self.clock()

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from core.errors import UserError
+from core.models import ADAPTER_WEIGHTS as WEIGHTS
+from core.models import load_causal_lm, load_tokenizer, require_safetensors
 from core.rundir import atomic_dir
-
-WEIGHTS = "adapter_model.safetensors"
 
 
 def save_peft_adapter(peft_model, out_dir: str | Path, *, expected: dict | None = None) -> Path:
@@ -65,14 +65,6 @@ def read_adapter_state(adapter_dir: str | Path, target: dict, adapter_name: str 
     return state
 
 
-def require_safetensors(adapter_dir: str | Path) -> None:
-    """Adapters from users are read only as safetensors: a pickled adapter_model.bin could run code when loaded."""
-    if not (Path(adapter_dir) / WEIGHTS).is_file():
-        extra = " (only a pickled adapter_model.bin is there; convert it to safetensors)" if (
-            Path(adapter_dir) / "adapter_model.bin").exists() else ""
-        raise UserError(f"no {WEIGHTS} in adapter folder {adapter_dir}{extra}")
-
-
 def adapter_config(adapter_dir: str | Path) -> dict:
     path = Path(adapter_dir) / "adapter_config.json"
     if not path.exists():
@@ -84,8 +76,6 @@ def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path, 
                   trust_remote_code=False) -> Path:
     """Load base + adapter on one process, fold the LoRA into the weights, save a plain model (safetensors)."""
     from peft import PeftModel
-
-    from core.models import load_causal_lm, load_tokenizer
 
     require_safetensors(adapter_dir)
     base = load_causal_lm(base_path, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)

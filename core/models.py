@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from core.devices import pick_device, pick_dtype
 from core.errors import UserError
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def looks_like_path(name: str) -> bool:
@@ -41,8 +44,6 @@ def check_model_reference(name: str, role: str, *, allow_adapter: bool = False) 
         if not p.is_dir():
             raise UserError(f"{role} model {name!r} is a file; expected a model folder or a hub id")
         if allow_adapter and (base := adapter_base(name)) is not None:
-            from core.adapters import require_safetensors
-
             require_safetensors(name)
             check_model_reference(base, f"{role} adapter's base")
             return
@@ -53,22 +54,12 @@ def check_model_reference(name: str, role: str, *, allow_adapter: bool = False) 
         raise UserError(f"{role} model folder not found: {name}")
 
 
-def pick_device(device: str = "auto") -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pick_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+def require_safetensors(adapter_dir: str | Path) -> None:
+    """Adapters from users are read only as safetensors: a pickled adapter_model.bin could run code when loaded."""
+    if not (Path(adapter_dir) / ADAPTER_WEIGHTS).is_file():
+        extra = " (only a pickled adapter_model.bin is there; convert it to safetensors)" if (
+            Path(adapter_dir) / "adapter_model.bin").exists() else ""
+        raise UserError(f"no {ADAPTER_WEIGHTS} in adapter folder {adapter_dir}{extra}")
 
 
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):

@@ -5,7 +5,7 @@ and on sequence lengths, not on the weight values; so a benchmark can measure a 
 no copy of its weights and no network. `build_shape("qwen2.5-7b", device="cuda", dtype="bfloat16")` allocates and
 initialises the parameters on the GPU in bf16 (no full-size CPU copy, no float32 staging).
 
-Text goes through a byte-level BPE tokenizer trained offline: by default the 640-id one of `core.tiny`, or any
+Text goes through a byte-level BPE tokenizer trained offline: by default the 640-id one of `core.bpe`, or any
 tokenizer file or folder (`shape_tokenizer`). Its ids only need to be below the shape's vocabulary size, which holds
 for every small BPE here; prompts are plain text encoded by it (no chat template unless asked). A small vocabulary
 spends more tokens per word than a real tokenizer (the 640-id one ~3.7 per word of English prose, Qwen2.5's ~1.3), so
@@ -78,16 +78,16 @@ def get_shape(name: str, **overrides) -> ModelShape:
 def shape_tokenizer(source: str = "tiny", arch: str = "llama"):
     """A tokenizer for random-weight shapes.
 
-    "tiny": the 640-id byte-level BPE of `core.tiny` (with `arch`'s special tokens and chat template); a folder:
+    "tiny": the 640-id byte-level BPE of `core.bpe` (with `arch`'s special tokens and chat template); a folder:
     any saved tokenizer (`AutoTokenizer`); a `tokenizer.json` file, optionally gzipped: a `tokenizers` tokenizer,
-    wrapped with the special tokens of whichever `core.tiny` family it holds.
+    wrapped with the special tokens of whichever `core.bpe` family it holds.
     """
     from pathlib import Path
 
-    from core.tiny import _SPECIALS, TinyShape, default_corpus, train_tokenizer
+    from core.bpe import SPECIALS, TINY_VOCAB, default_corpus, train_tokenizer
 
     if source == "tiny":
-        return train_tokenizer(arch, default_corpus(), TinyShape().vocab_size)
+        return train_tokenizer(arch, default_corpus(), TINY_VOCAB)
     path = Path(source).expanduser()
     if path.is_dir():
         from core.models import load_tokenizer
@@ -102,10 +102,10 @@ def shape_tokenizer(source: str = "tiny", arch: str = "llama"):
 
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     backend = Tokenizer.from_str(raw.decode("utf-8"))
-    family = next((a for a, spec in _SPECIALS.items() if backend.token_to_id(spec["eos"]) is not None), None)
+    family = next((a for a, spec in SPECIALS.items() if backend.token_to_id(spec["eos"]) is not None), None)
     if family is None:
         raise UserError(f"tokenizer {source}: no end-of-sequence token of a known family")
-    spec = _SPECIALS[family]
+    spec = SPECIALS[family]
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=spec["bos"], eos_token=spec["eos"],
                                    pad_token=spec["pad"], chat_template=spec["template"], model_max_length=1 << 20)
 

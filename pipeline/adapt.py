@@ -10,12 +10,9 @@ Output folder:
 
 from __future__ import annotations
 
-import gc
 import re
 import time
-import zlib
 from collections import defaultdict
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from core.config import AdaptConfig
@@ -23,6 +20,7 @@ from pipeline.documents import Document, load_documents, load_questions
 from core.errors import UserError
 from core.models import check_model_reference
 from core.progress import progress_bar, say
+from core.seeds import context_seed
 from core.rundir import (
     RunDir,
     append_jsonl,
@@ -31,15 +29,11 @@ from core.rundir import (
     finished_report,
     removed_on_user_error,
 )
+from pipeline.sampling import free_memory, teacher_backend
 from pipeline.tasks import knowledge
 
 EDITS = "self_edits.jsonl"
 REPORT = "report.json"
-
-
-def context_seed(seed: int, *parts) -> int:
-    """A stable per-context seed: the same document gets the same samples however the run is split or resumed."""
-    return zlib.crc32(":".join(map(str, (seed, *parts))).encode()) & 0x7FFFFFFF
 
 
 def prepare(config: AdaptConfig) -> list[Document]:
@@ -60,7 +54,7 @@ def prepare(config: AdaptConfig) -> list[Document]:
             raise UserError("sharded training (student.distributed) trains one adapter: it needs mode=joint")
         if dist.nproc < 1:
             raise UserError("student.distributed.nproc must be at least 1")
-        from student.distributed import load_deepspeed_config
+        from core.launch import load_deepspeed_config
 
         load_deepspeed_config(dist.deepspeed)  # a missing or malformed file fails here, before any work
     if config.merge and config.mode != "joint":
@@ -115,7 +109,7 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool)
         # Train first, in child processes, while this process holds no copy of the student.
         if engine is not None:
             engine = None
-            _free_memory()
+            free_memory()
         t0 = time.perf_counter()
         texts = [t for d in docs for t in texts_by_doc[d.id]]
         sharded_stats = train_sharded(config, texts, run)
@@ -179,7 +173,8 @@ def train_sharded(config: AdaptConfig, texts: list[str], run: RunDir) -> dict:
     import dataclasses
     import os
 
-    from student.distributed import ShardedSpec, launch_sharded
+    from core.launch import launch_sharded
+    from student.distributed import ShardedSpec
 
     dist = config.student.distributed
     work = run / ".sharded"
@@ -239,40 +234,6 @@ def write_self_edits(config: AdaptConfig, docs: list[Document], path: Path, *, e
                     append_jsonl(path, line)
                 done[doc.id] = lines
     return [rec for d in docs for rec in done[d.id]]
-
-
-@contextmanager
-def teacher_backend(config: AdaptConfig, engine=None):
-    """(backend, adapter_off) for sampling the teacher.
-
-    When teacher and student are one model (`engine` given), the backend samples from the resident base, and
-    `adapter_off()` switches the student's LoRA off around each draw. Otherwise the teacher is loaded here, and
-    closed with its memory freed on exit, so that the student has the device to itself afterwards.
-    """
-    from teacher.backends import TransformersBackend, make_backend
-
-    if engine is not None:
-        yield (TransformersBackend(config.teacher.model, peft_model=engine.model, tokenizer=engine.tokenizer),
-               engine.model.disable_adapter)
-        return
-    backend = make_backend(config.teacher.backend, config.teacher.model)
-    try:
-        yield backend, nullcontext
-    finally:
-        backend.close()
-        del backend
-        _free_memory()
-
-
-def _free_memory() -> None:
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
 
 
 def _adapter_names(docs: list[Document]) -> dict[str, str]:

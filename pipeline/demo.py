@@ -145,7 +145,7 @@ def _raw_document_scores(config: TrainTeacherConfig, out: Path, progress: bool) 
     """The student after absorbing each held-out passage itself (same seeds and settings as the self-edits)."""
     import json
 
-    from pipeline.adapt import context_seed
+    from core.seeds import context_seed
     from pipeline.documents import load_documents
     from core.progress import progress_bar
     from core.rundir import append_jsonl, read_jsonl

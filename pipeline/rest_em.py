@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-from pipeline.adapt import context_seed
+from core.seeds import context_seed
 from core.config import ModelSettings, TrainTeacherConfig
 from core.errors import UserError
 from core.progress import progress_bar, say
@@ -178,8 +178,8 @@ class RestEM:
         return complete
 
     def _teacher_backend(self, r: int):
+        from core.lora import load_with_lora
         from teacher.backends import TransformersBackend, make_backend
-        from teacher.m_step import load_teacher
 
         model, adapter = self.teacher_at(r)
         if self.config.teacher.backend == "vllm":
@@ -188,7 +188,7 @@ class RestEM:
             return TransformersBackend(model)
         from core.models import load_tokenizer
 
-        peft_model = load_teacher(model, adapter, None, trainable=False)
+        peft_model = load_with_lora(model, adapter, None, trainable=False)
         return TransformersBackend(model, peft_model=peft_model, tokenizer=load_tokenizer(model.path))
 
     # ----------------------------------------------------------------------------------------------- E-step
@@ -250,7 +250,8 @@ class RestEM:
         return chosen
 
     def m_step(self, r: int, selected: list[dict]) -> dict:
-        from teacher.m_step import merge_teacher, run_m_step
+        from teacher.m_step import run_m_step
+        from teacher.sft import merge_teacher
 
         rdir = self.round_dir(r)
         marker = rdir / "m_step.json"

@@ -2,41 +2,11 @@
 
 from __future__ import annotations
 
-import random
-
 from core.config import TrainTeacherConfig
 from pipeline.documents import load_documents, load_questions
 from core.errors import UserError
 from core.models import check_model_reference
-
-
-def split_contexts(pool: list, heldout: list | None, config: TrainTeacherConfig, key) -> tuple[list[list], list]:
-    """Held-out contexts first (never trained on), then each round's training contexts."""
-    data = config.data
-    pool = list(pool)
-    random.Random(data.shuffle_seed).shuffle(pool)
-    if heldout is None:
-        heldout, pool = pool[: data.heldout_contexts], pool[data.heldout_contexts:]
-    else:
-        held_ids = {key(c) for c in heldout}
-        pool = [c for c in pool if key(c) not in held_ids]
-        heldout = heldout[: data.heldout_contexts]
-    n = data.contexts_per_round
-    need = n * config.rounds if data.fresh_per_round else n
-    if n < 1:
-        raise UserError("data.contexts_per_round must be at least 1")
-    if len(pool) < need:
-        raise UserError(
-            f"{config.rounds} rounds x {n} fresh contexts need {need} training contexts, but only {len(pool)} remain "
-            f"after holding out {len(heldout)}; lower data.contexts_per_round or set data.fresh_per_round=false"
-        )
-    if data.fresh_per_round:
-        rounds = [pool[i * n:(i + 1) * n] for i in range(config.rounds)]
-    else:
-        rounds = [pool[:n] for _ in range(config.rounds)]
-    if not heldout:
-        raise UserError("no held-out contexts: set data.heldout_contexts >= 1 or give data.heldout_docs")
-    return rounds, heldout
+from pipeline.splits import split_contexts
 
 
 def _knowledge_setup(config: TrainTeacherConfig):
@@ -73,7 +43,7 @@ def prepare(config: TrainTeacherConfig):
     if re.student_follows_teacher and config.teacher.model.path != config.student.model.path:
         raise UserError("rest_em.student_follows_teacher needs the same model as teacher and student")
     if config.m_step.deepspeed:
-        from teacher.m_step import check_deepspeed_config
+        from teacher.sft import check_deepspeed_config
 
         check_deepspeed_config(config.m_step.deepspeed)
     if config.student.eval.metric == "llm_judge" and not config.student.eval.judge_model:

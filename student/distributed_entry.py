@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_then_exit_hard() -> None:
-    """Run `main` and leave with os._exit: see `student.distributed.run_then_exit_hard` for why (a gloo abort at
+    """Run `main` and leave with os._exit: see `core.launch.run_then_exit_hard` for why (a gloo abort at
     interpreter shutdown, ~1 run in 12 on a loaded machine, after all the work was written)."""
-    from student.distributed import run_then_exit_hard
+    from core.launch import run_then_exit_hard
 
     run_then_exit_hard(main)
 

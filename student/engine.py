@@ -18,6 +18,7 @@ from pathlib import Path
 
 from core.config import LoraSettings, ModelSettings, TrainSettings
 from core.errors import UserError
+from core.lora import wrap_with_lora
 from core.models import encode_prompt, load_causal_lm, load_tokenizer, use_chat
 from student.batched import ADAPTER, _per_edit_loss_sums, _attention_scale, _length_buckets, _LoraBank, _BankAdamW, _Route, _routed_forward
 from student.data import IGNORE_INDEX, TrainExample, collate, encode_texts, left_pad
@@ -44,32 +45,6 @@ class GenerationStats:
     new_tokens: list[int]  # per prompt: tokens up to and including the one that stopped it
     batch_steps: list[int]  # per batch: decoding steps run (its longest row)
     seconds: float = 0.0
-
-
-def lora_config(settings: LoraSettings):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=settings.r,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
-        target_modules=list(settings.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-
-
-def wrap_with_lora(model, settings: LoraSettings):
-    from peft import get_peft_model
-
-    try:
-        return get_peft_model(model, lora_config(settings))
-    except ValueError as err:
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
-        raise UserError(
-            f"LoRA target modules {settings.target_modules} do not fit this model ({err.__class__.__name__}); "
-            f"its linear layers are: {', '.join(names)}"
-        ) from None
 
 
 def seeded_lora_state(params: dict, seed: int) -> dict:

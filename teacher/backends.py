@@ -39,9 +39,9 @@ class TransformersBackend:
             # A trained teacher given as its LoRA folder: load the base it names, then the adapter on top.
             from dataclasses import replace
 
-            from teacher.m_step import load_teacher
+            from core.lora import load_with_lora
 
-            peft_model = load_teacher(replace(model, path=base), model.path, None, trainable=False)
+            peft_model = load_with_lora(replace(model, path=base), model.path, None, trainable=False)
             model = replace(model, path=base)
         self.tokenizer = tokenizer or load_tokenizer(model.path, trust_remote_code=model.trust_remote_code)
         self.model = peft_model or base_model or load_causal_lm(

@@ -10,7 +10,7 @@
 the DeepSpeed config *first* (under ZeRO-3 the teacher is then loaded partitioned, inside `zero.Init`), loads the
 teacher with its LoRA, and trains with the same `sft_lora` (TRL `SFTTrainer`, completion-only loss) as the
 in-process M-step.  The LoRA is gathered, written on rank 0 with PEFT (safetensors) and read back: non-empty,
-trained, equal to what was gathered (`student.distributed.save_gathered_adapter`).  Rank 0 writes
+trained, equal to what was gathered (`core.launch.save_gathered_adapter`).  Rank 0 writes
 `output_dir/train_result.json`: `sft_lora`'s keys plus world size and ZeRO stage.
 
 `batch_size` is per process: the global batch is batch_size x gradient_accumulation_steps x nproc.
@@ -27,9 +27,25 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 from core.config import LoraSettings, MStepSettings, ModelSettings
 from core.errors import UserError
+from core.launch import (
+    RESULT_FILE,
+    barrier,
+    held_and_total_numel,
+    launch_sharded,
+    load_deepspeed_config,
+    rank,
+    read_spec_fields,
+    run_then_exit_hard,
+    save_gathered_adapter,
+    world_size,
+    zero_stage,
+)
+from core.lora import load_with_lora
+from teacher.sft import sft_config, sft_lora
 
 ENTRY = "teacher.m_step_sharded"
 
@@ -38,6 +54,8 @@ ENTRY = "teacher.m_step_sharded"
 class MStepSpec:
     """One sharded M-step, as the JSON every rank reads.  `output_dir`: the job's own folder (spec, launch log,
     train_result.json, trainer scratch); `adapter_dir`: where the verified adapter goes."""
+
+    ENTRY: ClassVar[str] = ENTRY
 
     output_dir: str
     adapter_dir: str
@@ -50,8 +68,6 @@ class MStepSpec:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "MStepSpec":
-        from student.distributed import read_spec_fields
-
         data = read_spec_fields(cls, path)
         try:
             return cls(**data)
@@ -102,8 +118,6 @@ def run_m_step_sharded(
     is kept and named in the error.  A user error inside the job (e.g. every completion truncated away) is raised
     here as a UserError.
     """
-    from student.distributed import launch_sharded, load_deepspeed_config
-
     load_deepspeed_config(settings.deepspeed)  # a bad name or path fails here, before any process starts
     if settings.nproc < 1:
         raise UserError(f"m_step.nproc must be >= 1, got {settings.nproc}")
@@ -121,7 +135,7 @@ def run_m_step_sharded(
         use_chat_template=use_chat_template,
     )
     try:
-        result = launch_sharded(spec, settings.nproc, settings.launcher, env=env, timeout=timeout, entry=ENTRY)
+        result = launch_sharded(spec, settings.nproc, settings.launcher, env=env, timeout=timeout)
     except RuntimeError as e:
         log_path = work / "launch.log"
         log = log_path.read_text() if log_path.exists() else ""
@@ -145,17 +159,6 @@ def train_m_step_sharded(spec: MStepSpec) -> dict | None:
     import torch
 
     from core.models import load_tokenizer
-    from student.distributed import (
-        RESULT_FILE,
-        _barrier,
-        _held_and_total_numel,
-        _rank,
-        _world_size,
-        load_deepspeed_config,
-        save_gathered_adapter,
-        zero_stage,
-    )
-    from teacher.m_step import load_teacher, sft_config, sft_lora
 
     model = spec.model_settings()
     settings = spec.m_step_settings()
@@ -177,8 +180,8 @@ def train_m_step_sharded(spec: MStepSpec) -> dict | None:
     args = sft_config(settings, out / "_trainer", device=device, seed=spec.seed, deepspeed_config=ds_config)
     tokenizer = load_tokenizer(model.path, trust_remote_code=model.trust_remote_code)
     # seed: every rank (and the in-process M-step) draws the same fresh LoRA initialisation.
-    peft_model = load_teacher(model, spec.init_adapter, settings.lora, trainable=True, seed=spec.seed)
-    held, total = _held_and_total_numel(peft_model)
+    peft_model = load_with_lora(model, spec.init_adapter, settings.lora, trainable=True, seed=spec.seed)
+    held, total = held_and_total_numel(peft_model)
     info = sft_lora(peft_model, tokenizer, spec.pairs, settings, device=device,
                     use_chat_template=spec.use_chat_template, seed=spec.seed, args=args)
 
@@ -189,12 +192,12 @@ def train_m_step_sharded(spec: MStepSpec) -> dict | None:
     # values), and fail on every rank if that check fails.  Saved without the tokenizer, as the in-process path.
     save_gathered_adapter(peft_model, spec.adapter_dir)
     result = None
-    if _rank() == 0:
+    if rank() == 0:
         result = {
             **info,
-            "world_size": _world_size(),
+            "world_size": world_size(),
             "zero_stage": zero_stage(ds_config),
-            "global_batch": settings.batch_size * settings.gradient_accumulation_steps * _world_size(),
+            "global_batch": settings.batch_size * settings.gradient_accumulation_steps * world_size(),
             "param_numel_held_after_load": held,
             "param_numel_total": total,
             "trainable_tensors": len(trainable),
@@ -204,7 +207,7 @@ def train_m_step_sharded(spec: MStepSpec) -> dict | None:
         }
         (out / RESULT_FILE).write_text(json.dumps(result, indent=1))
     shutil.rmtree(out / "_trainer", ignore_errors=True)
-    _barrier()
+    barrier()
     return result
 
 
@@ -230,6 +233,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from student.distributed import run_then_exit_hard
-
     run_then_exit_hard(main)

@@ -20,16 +20,16 @@ import pytest
 
 from core.errors import UserError
 from core.adapters import WEIGHTS
-from student.distributed import (
+from core.launch import (
     NAMED_CONFIGS,
     AdapterSaveError,
-    ShardedSpec,
     free_port,
     launch_command,
     launch_sharded,
     load_deepspeed_config,
     verify_saved_adapter,
 )
+from student.distributed import ShardedSpec
 
 REPO = Path(__file__).resolve().parents[1]
 EXTENSIONS_DIR = os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
@@ -160,7 +160,7 @@ def test_ungathered_zero3_save_is_caught(tiny_models, tmp_path):
     """Saving shards without gathering (the classic ZeRO-3 bug) must fail the job, on every rank, loudly."""
     script = tmp_path / "naive_save.py"
     script.write_text(
-        "import student.distributed as sd\n"
+        "import core.launch as sd\n"
         "# What a plain save does under ZeRO-3: copy each rank's placeholder instead of gathering.\n"
         "sd.gather_trainable = lambda m: {n: p.detach().cpu() for n, p in m.named_parameters() if p.requires_grad}\n"
         "from student.distributed_entry import _run_then_exit_hard\n"
@@ -255,14 +255,14 @@ def test_bad_inputs_are_user_errors(tmp_path):
     with pytest.raises(UserError):
         load_deepspeed_config(tmp_path / "nope.json")
     with pytest.raises(UserError):
-        launch_command(tmp_path / "spec.json", 2, "mpirun")
+        launch_command(tmp_path / "spec.json", 2, "mpirun", entry=ShardedSpec.ENTRY)
     (tmp_path / "spec.json").write_text(json.dumps({"model_path": "m", "output_dir": "o", "epochz": 3}))
     assert main(["--spec", str(tmp_path / "spec.json")]) == 2
 
 
 def test_launch_commands_name_the_entry_module(tmp_path):
     for launcher in ("torchrun", "deepspeed", "accelerate"):
-        cmd = launch_command(tmp_path / "spec.json", 2, launcher, port=29999)
+        cmd = launch_command(tmp_path / "spec.json", 2, launcher, port=29999, entry=ShardedSpec.ENTRY)
         assert cmd[0] == sys.executable and "student.distributed_entry" in cmd and "29999" in " ".join(cmd)
 
 

@@ -16,11 +16,12 @@ SETTINGS = MStepSettings(lora=LoraSettings(r=4, alpha=8, target_modules=["q_proj
 
 
 def test_m_step_moves_lora_only_and_masks_the_prompt(tiny_models):
-    from teacher.m_step import load_teacher, sft_dataset, sft_lora
+    from core.lora import load_with_lora
+    from teacher.sft import sft_dataset, sft_lora
 
     model = ModelSettings(path=str(tiny_models["llama"]))
     tok = load_tokenizer(model.path)
-    peft_model = load_teacher(model, None, SETTINGS.lora, trainable=True)
+    peft_model = load_with_lora(model, None, SETTINGS.lora, trainable=True)
     before = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
     info = sft_lora(peft_model, tok, PAIRS, SETTINGS)
     assert info["steps"] == 4 and info["last_loss"] < info["first_loss"]

@@ -54,7 +54,7 @@ def _sharded(deepspeed: str, nproc: int = 2, launcher: str = "torchrun") -> MSte
 def _zero3_fully_sharded(tmp_path: Path) -> str:
     # "auto" persistence (10 x hidden) would keep every tiny LoRA tensor whole on each rank and leave the
     # gather path untested; 0 partitions them all.
-    from student.distributed import load_deepspeed_config
+    from core.launch import load_deepspeed_config
 
     config = load_deepspeed_config("zero3")
     config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
@@ -98,7 +98,7 @@ def extensions_env(monkeypatch):
 @pytest.mark.distributed
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_sharded_m_step_matches_in_process(stage, tiny_models, reference, tmp_path, extensions_env):
-    from student.distributed import verify_saved_adapter
+    from core.launch import verify_saved_adapter
     from teacher.m_step import run_m_step
 
     ref_info, ref_logits = reference
@@ -167,7 +167,7 @@ def test_train_teacher_cli_with_sharded_m_step(tiny_models, squad_file, tmp_path
     m_step = json.loads((out / "round_1/m_step.json").read_text())
     assert m_step["world_size"] == 2 and m_step["zero_stage"] == 2 and m_step["steps"] >= 1
     assert m_step["init"] == "fresh" and m_step["pairs"] == 2
-    from student.distributed import verify_saved_adapter
+    from core.launch import verify_saved_adapter
 
     verify_saved_adapter(out / "round_1/teacher")
     assert [m["round"] for m in _jsonl(out / "metrics.jsonl")] == [0, 1]
@@ -177,7 +177,7 @@ def test_train_teacher_cli_with_sharded_m_step(tiny_models, squad_file, tmp_path
 
 
 def test_deepspeed_setting_takes_names_and_paths(tmp_path):
-    from teacher.m_step import check_deepspeed_config
+    from teacher.sft import check_deepspeed_config
 
     for value in (None, "zero2", "zero3", "zero3_offload", str(REPO / "configs/deepspeed/zero2.json")):
         check_deepspeed_config(value)
@@ -203,7 +203,7 @@ def test_spec_round_trips_and_rejects_unknown_fields(tmp_path):
 
 
 def test_launch_command_runs_the_m_step_entry(tmp_path):
-    from student.distributed import launch_command
+    from core.launch import launch_command
 
     for launcher in ("torchrun", "deepspeed", "accelerate"):
         cmd = launch_command(tmp_path / "spec.json", 2, launcher, port=29999, entry="teacher.m_step_sharded")

@@ -20,7 +20,8 @@ import re
 import time
 from pathlib import Path
 
-from pipeline.adapt import context_seed, teacher_backend
+from core.seeds import context_seed
+from pipeline.sampling import teacher_backend
 from core.config import AdaptConfig
 from core.errors import UserError
 from core.models import check_model_reference, load_tokenizer

@@ -11,7 +11,7 @@ from .task import ArcFewShotTask, load_contexts
 def arc_setup(config: TrainTeacherConfig):
     """(task, training contexts per round, held-out contexts); every input problem is a UserError here."""
     from core.models import load_tokenizer
-    from pipeline.train_teacher import split_contexts
+    from pipeline.splits import split_contexts
 
     if config.data.docs or config.data.heldout_docs or config.data.questions:
         raise UserError("data.docs, data.heldout_docs and data.questions belong to --task knowledge; "

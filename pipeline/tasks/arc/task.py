@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
-from pipeline.adapt import context_seed
+from core.seeds import context_seed
 from core.config import ArcSettings, GenerationSettings, TrainSettings
 from core.errors import UserError
 from pipeline.tasks.base import Prepared

@@ -1,0 +1,56 @@
+"""LoRA helpers both roles use: the PEFT config from `LoraSettings`, wrapping a model, and loading a base model
+with a saved or a fresh adapter on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.config import LoraSettings, ModelSettings
+from core.errors import UserError
+from core.models import load_causal_lm
+
+
+def lora_config(settings: LoraSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def wrap_with_lora(model, settings: LoraSettings):
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, lora_config(settings))
+    except ValueError as err:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
+        raise UserError(
+            f"LoRA target modules {settings.target_modules} do not fit this model ({err.__class__.__name__}); "
+            f"its linear layers are: {', '.join(names)}"
+        ) from None
+
+
+def load_with_lora(model: ModelSettings, adapter: str | Path | None, lora: LoraSettings | None, *, trainable: bool,
+                   seed: int | None = None):
+    """A base model with its LoRA: a saved adapter (continued), or a fresh one (`lora` settings).
+
+    With `seed`, a fresh LoRA's initialisation (lora_A) is drawn right after seeding, so it depends on the seed
+    alone, not on what loading the base consumed: the same on every rank of a sharded job as in one process.
+    """
+    from peft import PeftModel
+
+    base = load_causal_lm(model.path, dtype=model.dtype, device=model.device,
+                          trust_remote_code=model.trust_remote_code, attn_implementation=model.attn_implementation)
+    if adapter is not None:
+        return PeftModel.from_pretrained(base, str(adapter), is_trainable=trainable)
+    if seed is not None:
+        from transformers import set_seed
+
+        set_seed(seed)
+    return wrap_with_lora(base, lora)

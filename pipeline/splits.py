@@ -1,0 +1,37 @@
+"""Which contexts ReST-EM holds out and which each round trains on, for any task (knowledge documents, ARC tasks)."""
+
+from __future__ import annotations
+
+import random
+
+from core.config import TrainTeacherConfig
+from core.errors import UserError
+
+
+def split_contexts(pool: list, heldout: list | None, config: TrainTeacherConfig, key) -> tuple[list[list], list]:
+    """Held-out contexts first (never trained on), then each round's training contexts."""
+    data = config.data
+    pool = list(pool)
+    random.Random(data.shuffle_seed).shuffle(pool)
+    if heldout is None:
+        heldout, pool = pool[: data.heldout_contexts], pool[data.heldout_contexts:]
+    else:
+        held_ids = {key(c) for c in heldout}
+        pool = [c for c in pool if key(c) not in held_ids]
+        heldout = heldout[: data.heldout_contexts]
+    n = data.contexts_per_round
+    need = n * config.rounds if data.fresh_per_round else n
+    if n < 1:
+        raise UserError("data.contexts_per_round must be at least 1")
+    if len(pool) < need:
+        raise UserError(
+            f"{config.rounds} rounds x {n} fresh contexts need {need} training contexts, but only {len(pool)} remain "
+            f"after holding out {len(heldout)}; lower data.contexts_per_round or set data.fresh_per_round=false"
+        )
+    if data.fresh_per_round:
+        rounds = [pool[i * n:(i + 1) * n] for i in range(config.rounds)]
+    else:
+        rounds = [pool[:n] for _ in range(config.rounds)]
+    if not heldout:
+        raise UserError("no held-out contexts: set data.heldout_contexts >= 1 or give data.heldout_docs")
+    return rounds, heldout
