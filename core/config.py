@@ -61,6 +61,10 @@ class TrainSettings:
     max_grad_norm: float | None = 1.0
     max_length: int = 2048
     gradient_checkpointing: bool = False
+    # A long absorption (adapt-student, one adapter) saves its LoRA and optimizer state this often, so a kill
+    # resumes from the last save to the same result; checkpoint_steps (optional) also saves every N steps.
+    checkpoint_minutes: float = 10.0
+    checkpoint_steps: int | None = None
 
 
 @dataclass
@@ -100,12 +104,52 @@ class GenerationSettings:
 class SelfEditSettings:
     """How a knowledge self-edit becomes training sequences (the paper's switches)."""
 
-    # implications | rewrite | self_qa | no_prompt, or a path to a text file with {title} and {passage}
+    # implications | long_implications | very_long_implications | implications_cot | rewrite | self_qa | no_prompt,
+    # an inline template, or a path to a text file with {title} and {passage}
     prompt: str = "implications"
     split: Literal["lines", "blocks", "whole"] = "lines"
     prefix_title: bool = True
     include_passage: bool = True
     min_chars: int = 8
+    # Drop a chain-of-thought completion's reasoning: everything up to the last "Implications:" (any case). auto:
+    # only for the built-in implications_cot prompt (a user template cannot be told apart reliably: the plain
+    # implications prompts end with that very marker); always: any prompt, e.g. the paper's CoT prompt from a file.
+    # A completion without the marker is kept whole and counted in the records.
+    strip_reasoning: Literal["auto", "always", "never"] = "auto"
+    # At most this many training sequences per completion, the first ones kept (the paper's cap); 0: no cap.
+    max_sequences: int = 30
+
+    def __post_init__(self):
+        # Checked when the config is built (load_config), so a bad value fails before any model loads.
+        if isinstance(self.max_sequences, bool) or not isinstance(self.max_sequences, int) or self.max_sequences < 0:
+            raise UserError(
+                f"config key 'self_edit.max_sequences': expected 0 (no cap) or a positive integer, "
+                f"got {self.max_sequences!r}"
+            )
+
+
+@dataclass
+class EditsSettings:
+    """Pre-written self-edits to absorb instead of a teacher's (adapt-student --edits FILE): a JSONL of
+    {"document", "completion"} lines, or the paper's JSON with "completions"."""
+
+    file: str | None = None
+    # Per document, `count` completions from index `start` (the first one, as the paper's evaluation); null: all.
+    start: int = 0
+    count: int | None = 1
+
+
+@dataclass
+class PassageSettings:
+    """How documents longer than a passage are split (token-aware, on paragraph / sentence boundaries)."""
+
+    # Tokens per passage; null: the most that fits the student's train.max_length, its context, and the teacher's
+    # context less the prompt and its generation budget.
+    max_tokens: int | None = None
+    overlap_tokens: int = 32
+    # A guard against a run of days: more passages than this in one adapt-student run is an error before any model
+    # loads (each passage costs k teacher samples and their training steps); raise it to go ahead.
+    max_passages: int = 2000
 
 
 @dataclass
@@ -187,6 +231,10 @@ class AdaptConfig:
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
     student: StudentSettings = field(default_factory=StudentSettings)
     self_edit: SelfEditSettings = field(default_factory=SelfEditSettings)
+    edits: EditsSettings = field(default_factory=EditsSettings)
+    passages: PassageSettings = field(default_factory=PassageSettings)
+    # Print the plan (passages, sequences, steps, a time estimate) and stop before any model loads.
+    dry_run: bool = False
     arc: ArcSettings = field(default_factory=ArcSettings)
 
 
@@ -321,6 +369,31 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | dict
         for item in overrides or []:
             data = _deep_merge(data, parse_override(item))
     return _build(cls, data)
+
+
+# Bounds of the numeric settings a user may get wrong: (check, how to say it). Checked by `check_ranges` before any
+# model loads, so `--set student.lora.r=-3` is named as such, not reported later as something else.
+_RANGES = {
+    LoraSettings: {"r": (lambda v: v >= 1, ">= 1"), "alpha": (lambda v: v > 0, "> 0"),
+                   "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+                   "target_modules": (lambda v: len(v) >= 1, "a non-empty list")},
+    TrainSettings: {"learning_rate": (lambda v: v > 0, "> 0"), "epochs": (lambda v: v >= 1, ">= 1"),
+                    "batch_size": (lambda v: v >= 1, ">= 1"), "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
+                    "weight_decay": (lambda v: v >= 0, ">= 0"), "max_length": (lambda v: v >= 16, ">= 16"),
+                    "max_grad_norm": (lambda v: v is None or v > 0, "> 0 or null")},
+}
+
+
+def check_ranges(config, prefix: str = "") -> None:
+    """Every LoRA and training setting inside `config` within its bounds; else a UserError naming the key."""
+    checks = _RANGES.get(type(config), {})
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        key = f"{prefix}{f.name}"
+        if f.name in checks and not checks[f.name][0](value):
+            raise UserError(f"config key '{key}': {value!r} is out of range (must be {checks[f.name][1]})")
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, key + ".")
 
 
 def to_dict(config) -> dict:

@@ -1,7 +1,8 @@
 """Loading Hugging Face models and tokenizers, and encoding prompts the way each model expects.
 
-Teacher and student go through the same functions, so any hub id or local folder works for either role. Errors a
-user can cause (a wrong path, an id that is not cached while offline) become one-line `UserError`s.
+Teacher and student go through the same functions, so any hub id, local folder or GGUF file (converted once and
+cached, `core.gguf`) works for either role. Errors a user can cause (a wrong path, an id that is not cached while
+offline, a GGUF architecture transformers cannot read) become one-line `UserError`s.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from core import gguf
 from core.devices import pick_device, pick_dtype
 from core.errors import UserError
 
@@ -38,11 +40,15 @@ def adapter_base(name: str) -> str | None:
 def check_model_reference(name: str, role: str, *, allow_adapter: bool = False) -> None:
     """Fail early, before any output is written, on a reference that cannot be a model."""
     if not name:
-        raise UserError(f"no {role} model given (--{role} MODEL: a hub id or a local folder)")
+        raise UserError(f"no {role} model given (--{role} MODEL: a hub id, a local folder or a .gguf file)")
     p = Path(name).expanduser()
     if p.exists():
+        found = gguf.gguf_file(p)
+        if found is not None:
+            gguf.check_gguf(found)
+            return
         if not p.is_dir():
-            raise UserError(f"{role} model {name!r} is a file; expected a model folder or a hub id")
+            raise UserError(f"{role} model {name!r} is a file; expected a model folder, a .gguf file or a hub id")
         if allow_adapter and (base := adapter_base(name)) is not None:
             require_safetensors(name)
             check_model_reference(base, f"{role} adapter's base")
@@ -62,9 +68,21 @@ def require_safetensors(adapter_dir: str | Path) -> None:
         raise UserError(f"no {ADAPTER_WEIGHTS} in adapter folder {adapter_dir}{extra}")
 
 
+def resolve_model_path(name: str, *, dtype: str = "auto", device: str = "auto") -> str:
+    """The folder transformers should load for `name`: itself, or a GGUF file's cached conversion in `dtype`."""
+    from core.progress import say
+
+    return gguf.resolve(name, dtype=dtype, device=device, say=say)
+
+
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    from core.progress import say
+
+    name = gguf.resolve_tokenizer(name, say=say)
+    if name.lower().endswith(".gguf"):  # not converted yet: read its tokenizer without the weights
+        return gguf.load_gguf_tokenizer(Path(name))
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -85,6 +103,7 @@ def load_causal_lm(
 ):
     from transformers import AutoModelForCausalLM
 
+    name = resolve_model_path(name, dtype=dtype, device=device)
     device = pick_device(device)
     kwargs = {"dtype": pick_dtype(dtype, device), "trust_remote_code": trust_remote_code}
     if attn_implementation:
@@ -106,6 +125,37 @@ def use_chat(tokenizer, mode: str) -> bool:
             raise UserError("use_chat_template is 'always' but the model's tokenizer has no chat template")
         return True
     return mode == "auto" and has_chat_template(tokenizer)
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The special token the chat template closes an assistant turn with (<|im_end|>, <|eot_id|>, ...), if any.
+
+    A model's EOS and its end-of-turn token can differ (SmolLM2's GGUF tokenizer names <|im_start|> as its EOS,
+    while every turn ends with <|im_end|>): generation that stops only at EOS runs on into invented turns.
+    """
+    if not has_chat_template(tokenizer):
+        return None
+    marker = "Zq7xW"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": marker}], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render an assistant turn has no end to find
+        return None
+    after = text.split(marker, 1)[1] if marker in text else ""
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return next((i for i in ids if i in special), None)
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end a generated completion: EOS and the chat template's end-of-turn token."""
+    key = (tokenizer.eos_token_id, getattr(tokenizer, "chat_template", None))
+    cached = getattr(tokenizer, "_seal_tt_stops", None)
+    if cached is None or cached[0] != key:
+        ids = [tokenizer.eos_token_id, end_of_turn_id(tokenizer)]
+        cached = (key, sorted({i for i in ids if i is not None}))
+        tokenizer._seal_tt_stops = cached  # rendering the template once per tokenizer, not per generate call
+    return list(cached[1])
 
 
 def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:

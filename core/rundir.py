@@ -97,8 +97,9 @@ def repair_jsonl(path: str | Path) -> None:
             atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in read_jsonl(path)))
 
 
-def complete_groups(path: str | Path, key: str, k: int) -> dict[str, list[dict]]:
-    """The records of `path` grouped by `record[key]`, keeping the groups of exactly k records.
+def complete_groups(path: str | Path, key, k: int) -> dict[str, list[dict]]:
+    """The records of `path` grouped by `record[key]` (or `key(record)` for a callable), keeping the groups of
+    exactly k records.
 
     A group cut short by a kill, and a torn last line, are removed from the file too, so that a resume draws the
     group again whole and appends on a clean line.
@@ -106,7 +107,7 @@ def complete_groups(path: str | Path, key: str, k: int) -> dict[str, list[dict]]
     path = Path(path)
     groups: dict[str, list[dict]] = {}
     for rec in read_jsonl(path):
-        groups.setdefault(rec[key], []).append(rec)
+        groups.setdefault(key(rec) if callable(key) else rec[key], []).append(rec)
     complete = {g: recs for g, recs in groups.items() if len(recs) == k}
     if len(complete) != len(groups) or (path.exists() and not path.read_text(encoding="utf-8").endswith("\n")):
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n"

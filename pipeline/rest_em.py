@@ -81,6 +81,10 @@ class RestEM:
     # --------------------------------------------------------------------------------------------- the loop
     def run(self, *, force: bool = False) -> list[dict]:
         self.run_dir.start(self.config, force=force, ignore=("rounds",))
+        from core import provenance
+
+        provenance.record(self.run_dir.path, {"teacher": provenance.model_settings(self.config.teacher.model),
+                                              "student": provenance.model_settings(self.config.student.model)})
         self._write_splits()
         for rec in read_jsonl(self.run_dir / "baselines.jsonl"):
             self._baselines[(rec["student"], rec["context"])] = rec["score"]

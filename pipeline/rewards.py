@@ -309,10 +309,14 @@ def _load_judge(model_or_path: Any, tokenizer: Any, device: Any, dtype: Any, tru
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(model_or_path, (str, Path)):
+        from core.models import resolve_model_path
+
         source = _model_source(model_or_path)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype is None:
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        # A GGUF judge is read from its cached safetensors conversion, in the dtype it will run in.
+        source = resolve_model_path(source, dtype=str(dtype).removeprefix("torch."), device=str(device))
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 source, dtype=dtype, trust_remote_code=trust_remote_code

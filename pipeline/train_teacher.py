@@ -33,6 +33,9 @@ def _knowledge_setup(config: TrainTeacherConfig):
 
 
 def prepare(config: TrainTeacherConfig):
+    from core.config import check_ranges
+
+    check_ranges(config)
     check_model_reference(config.teacher.model.path, "teacher")
     check_model_reference(config.student.model.path, "student")
     if config.rounds < 0:

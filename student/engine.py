@@ -19,7 +19,7 @@ from pathlib import Path
 from core.config import LoraSettings, ModelSettings, TrainSettings
 from core.errors import UserError
 from core.lora import wrap_with_lora
-from core.models import encode_prompt, load_causal_lm, load_tokenizer, use_chat
+from core.models import encode_prompt, load_causal_lm, load_tokenizer, stop_token_ids, use_chat
 from student.batched import ADAPTER, _per_edit_loss_sums, _attention_scale, _length_buckets, _LoraBank, _BankAdamW, _Route, _routed_forward
 from student.data import IGNORE_INDEX, TrainExample, collate, encode_texts, left_pad
 
@@ -137,14 +137,18 @@ class StudentEngine:
         return encode_texts(self.tokenizer, texts, max_length)
 
     def train_texts(self, texts: list[str], settings: TrainSettings, seed: int = 0, *,
-                    progress: bool = False) -> TrainStats:
-        return self.train(self.encode(texts, settings.max_length), settings, seed, progress=progress)
+                    progress: bool = False, checkpoint=None) -> TrainStats:
+        return self.train(self.encode(texts, settings.max_length), settings, seed, progress=progress,
+                          checkpoint=checkpoint)
 
     def train(self, examples: list[TrainExample], settings: TrainSettings, seed: int = 0, *,
-              progress: bool = False) -> TrainStats:
+              progress: bool = False, checkpoint=None) -> TrainStats:
         """Train the LoRA on `examples` from its current state; only LoRA parameters change.
 
         `progress` shows a bar over optimizer steps (for long absorptions; the inner loop of ReST-EM leaves it off).
+        `checkpoint` (a `student.checkpoint.TrainCheckpoint`) saves the training state now and then and, on a rerun
+        with the same examples, settings and seed, continues from the last save to the same result; it is removed
+        once training ends.
         """
         import torch
 
@@ -164,8 +168,24 @@ class StudentEngine:
         losses = []
         from core.progress import progress_bar
 
+        start_step = 0
+        key = None
+        if checkpoint is not None:
+            from student import checkpoint as ckpt_io
+
+            key = ckpt_io.fingerprint(examples, settings, seed)
+            meta = ckpt_io.load(checkpoint, key=key, lora=self._lora, optimizer=optimizer)
+            if meta is not None:
+                start_step = int(meta["step"])
+                losses = [torch.tensor(x, device=self.device) for x in meta["losses"]]
+                stats.tokens = int(meta["tokens"])
+                stats.steps = start_step
+                with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": replaying its steps
+                    warnings.simplefilter("ignore")
+                    for _ in range(start_step):
+                        scheduler.step()
         with self._training_mode(settings):
-            for rows in progress_bar(plan, desc="student: training", enabled=progress):
+            for rows in progress_bar(plan[start_step:], desc="student: training", enabled=progress):
                 batch = collate(rows, pad)
                 # Counted on the host copy: reading a device tensor back each step would stall the GPU queue.
                 stats.tokens += int(batch["attention_mask"].sum())
@@ -179,7 +199,12 @@ class StudentEngine:
                 optimizer.zero_grad(set_to_none=True)
                 stats.steps += 1
                 losses.append(loss.detach())
+                if checkpoint is not None and stats.steps < total and checkpoint.due(stats.steps):
+                    ckpt_io.save(checkpoint, key=key, step=stats.steps, lora=self._lora, optimizer=optimizer,
+                                 losses=torch.stack(losses).float().cpu().tolist(), tokens=stats.tokens)
         stats.losses = torch.stack(losses).float().cpu().tolist() if losses else []
+        if checkpoint is not None:
+            ckpt_io.clear(checkpoint)
         stats.seconds = time.perf_counter() - start
         return stats
 
@@ -362,7 +387,8 @@ class StudentEngine:
         # Longest prompts first so a batch holds similar lengths and pads little.
         order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
         newline_ids = self._newline_token_ids() if stop_at_newline else set()
-        stop_ids = torch.tensor(sorted(newline_ids | {self.tokenizer.eos_token_id} - {None}), dtype=torch.long)
+        ends = stop_token_ids(self.tokenizer)  # EOS and the chat template's end of turn
+        stop_ids = torch.tensor(sorted(newline_ids | set(ends)), dtype=torch.long)
         self.model.eval()
         routing = self._routing(self._bank) if adapters is not None else nullcontext()
         with torch.no_grad(), routing as route:
@@ -380,7 +406,7 @@ class StudentEngine:
                     top_p=None,
                     top_k=None,
                     pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=self.tokenizer.eos_token_id,
+                    eos_token_id=ends,
                     # A fresh criterion per batch: it remembers which rows are done.
                     stopping_criteria=[_StopOnTokens(newline_ids)] if stop_at_newline else None,
                 )

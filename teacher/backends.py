@@ -11,7 +11,7 @@ from typing import Protocol
 
 from core.config import GenerationSettings, ModelSettings
 from core.errors import UserError
-from core.models import encode_prompt, load_causal_lm, load_tokenizer, use_chat
+from core.models import encode_prompt, load_causal_lm, load_tokenizer, resolve_model_path, stop_token_ids, use_chat
 
 
 @dataclass
@@ -60,7 +60,7 @@ class TransformersBackend:
             raise ValueError("one seed per prompt")
         chat = use_chat(self.tokenizer, settings.use_chat_template)
         do_sample = settings.temperature > 0
-        eos = self.tokenizer.eos_token_id
+        stops = stop_token_ids(self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.model.eval()
         results = []
@@ -82,12 +82,13 @@ class TransformersBackend:
                         top_p=settings.top_p if do_sample else None,
                         top_k=0 if do_sample else None,
                         pad_token_id=pad,
-                        eos_token_id=eos,
+                        eos_token_id=stops,
                     )
                 for row in out[:, ids.shape[1]:].tolist():
-                    finished = eos in row
+                    ends = [j for j, t in enumerate(row) if t in stops]
+                    finished = bool(ends)
                     if finished:
-                        row = row[: row.index(eos)]
+                        row = row[: ends[0]]
                     while row and row[-1] == pad:
                         row.pop()
                     texts.append(Sample(self.tokenizer.decode(row, skip_special_tokens=True), len(row), finished))
@@ -122,7 +123,7 @@ class VLLMBackend:
         self.tokenizer = load_tokenizer(model.path, trust_remote_code=model.trust_remote_code)
         self.lora_path = lora_path
         self.llm = LLM(
-            model=model.path,
+            model=resolve_model_path(model.path, dtype=model.dtype, device=model.device),
             dtype="auto" if model.dtype == "auto" else model.dtype,
             trust_remote_code=model.trust_remote_code,
             gpu_memory_utilization=gpu_memory_utilization,

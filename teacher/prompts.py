@@ -29,11 +29,37 @@ TEMPLATES: dict[str, str] = {
         "between pairs.\n\n"
         "Title: {title}\nPassage: {passage}\n\nQuestions and answers:\n"
     ),
+    # Longer variants of "implications": more lines, so more training sequences (capped by self_edit.max_sequences).
+    "long_implications": (
+        "Read the passage below. Then write a long, thorough list of the facts and consequences that follow from "
+        "it: aim for many lines, one idea per line, each a complete sentence that makes sense on its own.\n\n"
+        "Title: {title}\nPassage: {passage}\n\nImplications:\n"
+    ),
+    "very_long_implications": (
+        "Read the passage below. Then write an exhaustive list of everything that follows from it: every stated "
+        "fact, every detail, name, number and date, and every consequence you can draw, directly or indirectly. "
+        "Keep going until nothing is left out. Write one idea per line, each a complete sentence that makes sense "
+        "on its own.\n\n"
+        "Title: {title}\nPassage: {passage}\n\nImplications:\n"
+    ),
+    # Chain of thought: the reasoning is written first and stripped before training (everything up to the last
+    # COT_MARKER; see pipeline.tasks.knowledge), so only the list is absorbed.
+    "implications_cot": (
+        "Read the passage below and think it through step by step before answering. First, under 'Reasoning:', "
+        "work out what the passage says and what follows from it. Then write a line that says 'Implications:' and, "
+        "below it, list the facts and consequences, one per line, each a complete sentence that makes sense on its "
+        "own.\n\n"
+        "Title: {title}\nPassage: {passage}\n\nReasoning:\n"
+    ),
     # The "no prompt" ablation: the teacher just continues the passage.
     "no_prompt": "Title: {title}\n{passage}\n",
 }
 
 FIELDS = {"title", "passage"}
+
+# Built-in templates whose completions start with reasoning, and the line that ends it.
+REASONING_TEMPLATES = frozenset({"implications_cot"})
+COT_MARKER = "Implications:"
 
 
 def load_template(name_or_path: str) -> str:

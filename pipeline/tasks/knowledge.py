@@ -3,6 +3,8 @@
 Turning a completion into training sequences follows the paper's switches: one sequence per line (`lines`), per
 blank-line-separated block such as a question-answer pair (`blocks`), or the whole completion (`whole`); each
 optionally prefixed with the document's title; the passage itself optionally added as one more sequence.
+Before splitting, a chain-of-thought completion loses its reasoning (`self_edit.strip_reasoning`); after it, at most
+`self_edit.max_sequences` sequences are kept, the first ones, as the paper does.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from dataclasses import dataclass, field
 
 from core.config import EvalSettings, SelfEditSettings
 from pipeline.documents import Document
-from teacher.prompts import load_template, render
+from teacher.prompts import COT_MARKER, REASONING_TEMPLATES, load_template, render
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
+_COT_MARKER = re.compile(re.escape(COT_MARKER), re.IGNORECASE)
 
 
 def teacher_prompt(doc: Document, template: str) -> str:
@@ -26,15 +29,45 @@ def teacher_prompts(docs: list[Document], settings: SelfEditSettings) -> list[st
     return [teacher_prompt(d, template) for d in docs]
 
 
-def split_self_edit(completion: str, settings: SelfEditSettings) -> list[str]:
-    """The training sequences a completion yields on its own (no title, no passage)."""
+def strips_reasoning(settings: SelfEditSettings) -> bool:
+    """Whether completions under these settings start with reasoning to drop (see SelfEditSettings)."""
+    if settings.strip_reasoning == "auto":
+        return settings.prompt in REASONING_TEMPLATES
+    return settings.strip_reasoning == "always"
+
+
+def split_self_edit_report(completion: str, settings: SelfEditSettings) -> tuple[list[str], dict]:
+    """The training sequences a completion yields on its own (no title, no passage), and what was cut:
+    {"sequences": kept, "dropped_over_cap": cut by max_sequences, "reasoning_stripped": bool,
+    "marker_missing": bool (reasoning was to be stripped but the completion has no marker; it is kept whole)}."""
+    stripped = missing = False
+    if strips_reasoning(settings):
+        last = None
+        for last in _COT_MARKER.finditer(completion):
+            pass
+        if last is None:
+            missing = True
+        else:
+            completion, stripped = completion[last.end():], True
     if settings.split == "whole":
         pieces = [completion]
     elif settings.split == "blocks":
         pieces = re.split(r"\n\s*\n", completion)
     else:
         pieces = [_LIST_MARKER.sub("", line) for line in completion.splitlines()]
-    return [p.strip() for p in pieces if len(p.strip()) >= settings.min_chars]
+    kept = [p.strip() for p in pieces if len(p.strip()) >= settings.min_chars]
+    dropped = 0
+    if settings.max_sequences and len(kept) > settings.max_sequences:
+        dropped = len(kept) - settings.max_sequences
+        kept = kept[: settings.max_sequences]
+    report = {"sequences": len(kept), "dropped_over_cap": dropped, "reasoning_stripped": stripped,
+              "marker_missing": missing}
+    return kept, report
+
+
+def split_self_edit(completion: str, settings: SelfEditSettings) -> list[str]:
+    """The training sequences a completion yields on its own (no title, no passage)."""
+    return split_self_edit_report(completion, settings)[0]
 
 
 def with_title(doc: Document, text: str, settings: SelfEditSettings) -> str:
@@ -136,11 +169,12 @@ class KnowledgeTask:
     def prepare(self, doc: Document, completion: str):
         from pipeline.tasks.base import Prepared
 
-        own = [with_title(doc, t, self.self_edit) for t in split_self_edit(completion, self.self_edit)]
+        pieces, report = split_self_edit_report(completion, self.self_edit)
+        own = [with_title(doc, t, self.self_edit) for t in pieces]
         if not own:
-            return Prepared(False, reason="no training text after splitting", info={"sequences": 0})
+            return Prepared(False, reason="no training text after splitting", info=report)
         texts = own + ([with_title(doc, doc.text, self.self_edit)] if self.self_edit.include_passage else [])
-        return Prepared(True, payload=texts, info={"sequences": len(own)})
+        return Prepared(True, payload=texts, info=report)
 
     def _mean_score(self, engine, doc: Document) -> float:
         results = evaluate(engine, [doc], self.eval, self.grader)

@@ -49,6 +49,9 @@ REPORT = "report.json"
 
 def check_input(config: AdaptConfig) -> list[ArcTask]:
     """Everything that can be wrong with the input is found here, before the output folder is touched."""
+    from core.config import check_ranges
+
+    check_ranges(config)
     if config.docs or config.questions:
         raise UserError("--docs and --questions belong to --task knowledge; ARC tasks come from --arc-tasks FILE")
     tasks = load_contexts(config.arc, config.limit)
@@ -71,6 +74,10 @@ def adapt_arc(config: AdaptConfig, *, force: bool = False, progress: bool = True
         report = finished_report(run, REPORT, force)
         if report is not None:
             return report
+        from core import provenance
+
+        provenance.record(run.path, {"teacher": provenance.model_settings(config.teacher.model),
+                                     "student": provenance.model_settings(config.student.model)})
         if force and (run / RESULTS).exists():
             # A forced rerun may carry a changed config: the student's results are redone, the teacher's samples kept.
             atomic_write_text(run / RESULTS, "")
