@@ -55,6 +55,12 @@ def _quiet_libraries(quiet: bool) -> None:
 
     set_quiet(quiet)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    if not torch.cuda.is_available():
+        # DeepSpeed, imported by transformers on some paths, otherwise announces its CPU fallback on stdout, which
+        # is for results (a model folder to capture, --dry-run's JSON).
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import transformers
 
     transformers.utils.logging.set_verbosity_error()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,17 @@ def test_a_long_document_is_split_for_the_real_tokenizer_before_any_model_loads(
     plan = json.loads(captured.out)
     assert plan["plan"]["passages"] >= 8 and plan["plan"]["passage_tokens"] <= 512
     assert "split into" in captured.err and not (tmp_path / "runs").exists()
+
+
+def test_fetch_model_prints_only_the_folder_on_stdout(smollm2_gguf):
+    import os
+    import subprocess
+    import sys
+
+    from core.fetch import model_dir  # noqa: F401  (the fixture fetched it: this is a cache hit)
+
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "fetch-model", "smollm2-135m"], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and (Path(lines[0]) / "model.safetensors").is_file(), proc.stdout
