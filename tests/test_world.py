@@ -249,7 +249,7 @@ def test_default_world_shows_both_effects(default_world):
 
     raw = accuracy_after(lambda p: [world.document(p)])
     qa = accuracy_after(lambda p: world.self_edit(p, "qa", rng).split("\n"))
-    # The world is bit-for-bit reproducible on one CPU, not across CPUs (float kernels differ by instruction set):
+    # The world is bit-for-bit reproducible on one machine, not across machines (most likely their float kernels):
     # on an AMD EPYC (AVX2) machine the same seed gives qa 0.783, raw 0.267, where an earlier machine gave qa > 0.8.
     # The effect this guards, QA far above the passage, holds on both.
     assert qa > 0.7 and qa > 2 * raw, (qa, raw)
