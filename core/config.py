@@ -86,7 +86,9 @@ class EvalSettings:
     batch_size: int = 16
     qa_prompt: str = "Answer the question with a short answer.\nQuestion: {question}\nAnswer:"
     use_chat_template: Literal["auto", "always", "never"] = "auto"
-    metric: Literal["exact_match", "token_f1", "contains", "llm_judge"] = "token_f1"
+    # answer_rank / answer_margin are scored by the student itself: how its log-probability of the gold answer
+    # compares with that of the document's other answers (pipeline.tasks.knowledge.dense_scores).
+    metric: Literal["exact_match", "token_f1", "contains", "llm_judge", "answer_rank", "answer_margin"] = "token_f1"
     judge_model: str | None = None
 
 

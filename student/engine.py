@@ -430,6 +430,37 @@ class StudentEngine:
                             batch_size=batch_size)
         return [first_line(r) for r in raw]
 
+    def continuation_logprobs(self, prompt_ids: list[list[int]], continuations: list[str], *,
+                              batch_size: int = 16) -> list[tuple[float, int]]:
+        """Per pair, the summed log-probability of `continuations[i]`'s tokens after `prompt_ids[i]` under the
+        student as it is now (adapter live), and how many tokens that was. For scoring gold answers densely."""
+        import torch
+
+        if len(prompt_ids) != len(continuations):
+            raise ValueError(f"{len(prompt_ids)} prompts for {len(continuations)} continuations")
+        rows = []
+        for prompt, text in zip(prompt_ids, continuations):
+            cont = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if not cont:
+                raise ValueError(f"continuation {text!r} has no tokens")
+            rows.append(TrainExample(list(prompt) + cont, [IGNORE_INDEX] * len(prompt) + cont))
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i].input_ids))
+        self.model.eval()
+        with torch.no_grad():
+            for b in range(0, len(order), batch_size):
+                idx = order[b:b + batch_size]
+                batch = {k: v.to(self.device) for k, v in collate([rows[i] for i in idx],
+                                                                   self.tokenizer.pad_token_id).items()}
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+                labels = batch["labels"][:, 1:]
+                keep = labels != IGNORE_INDEX
+                picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
+                for row, i in enumerate(idx):
+                    out[i] = (float(picked[row].sum()), int(keep[row].sum()))
+        return out
+
     def _newline_token_ids(self) -> set[int]:
         if self._newline_ids is None:
             vocab = range(len(self.tokenizer))

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from core.config import EvalSettings, SelfEditSettings
+from core.errors import UserError
 from pipeline.documents import Document
 from teacher.prompts import COT_MARKER, REASONING_TEMPLATES, load_template, render
 
@@ -92,6 +93,76 @@ class QuestionResult:
 
 
 LOCAL_METRICS = ("exact_match", "token_f1", "contains")
+# Scored by the student's log-probabilities, not its greedy answer; need the engine (see `dense_scores`).
+DENSE_METRICS = ("answer_rank", "answer_margin")
+
+
+def _same_answer(a: list[str], b: list[str]) -> bool:
+    """One normalised answer's words appear, in order, inside the other's ("silver" and "molten silver")."""
+    short, long = (a, b) if len(a) <= len(b) else (b, a)
+    return bool(short) and any(long[i:i + len(short)] == short for i in range(len(long) - len(short) + 1))
+
+
+def _distractors(doc: Document, index: int) -> list[str]:
+    """The gold answers of the document's other questions that are not a form of this question's answer or of
+    another rival (the first gold of each question)."""
+    from pipeline.rewards import normalize_answer
+
+    kept = [normalize_answer(a).split() for a in doc.questions[index].answers]
+    out = []
+    for j, q in enumerate(doc.questions):
+        if j == index:
+            continue
+        words = normalize_answer(q.answers[0]).split()
+        if not words or any(_same_answer(words, k) for k in kept):
+            continue
+        kept.append(words)
+        out.append(q.answers[0])
+    return out
+
+
+def dense_scores(engine, docs: list[Document], settings: EvalSettings) -> list[dict]:
+    """Per question of `docs` (in order): how strongly the student prefers the gold answer, closed book.
+
+    Each candidate answer is scored as the reply to the question's prompt, by its mean log-probability per token;
+    the candidates are the question's golds (the best one counts) and, as rivals, the other answers of the same
+    document. `answer_logprob` is the gold's own score; `answer_margin` is gold minus the best rival;
+    `answer_rank` is the fraction of rivals the gold beats. The plain log-probability falls when training shifts
+    the form of the answer (full sentences instead of spans) even where the greedy answer becomes right; against
+    rivals of the same form that shift cancels. Without rivals (a one-question document) margin and rank are None.
+    """
+    from core.models import use_chat
+
+    # After a raw prompt ending in "Answer:" a reply starts with a space, as in training text; after a chat
+    # template's assistant header it does not.
+    lead = "" if use_chat(engine.tokenizer, settings.use_chat_template) else " "
+    items, prompts, texts = [], [], []
+    for d in docs:
+        for i, q in enumerate(d.questions):
+            rivals = _distractors(d, i)
+            items.append((q, len(q.answers), rivals))
+            prompt = settings.qa_prompt.format(question=q.question)
+            for text in list(q.answers) + rivals:
+                prompts.append(prompt)
+                texts.append(text if prompt[-1:].isspace() else lead + text)
+    if not items:
+        return []
+    ids = engine.encode_prompts(sorted(set(prompts)), settings.use_chat_template)
+    by_prompt = dict(zip(sorted(set(prompts)), ids))
+    scored = engine.continuation_logprobs([by_prompt[p] for p in prompts], texts, batch_size=settings.batch_size)
+    means = [total / n for total, n in scored]
+    out, at = [], 0
+    for q, n_gold, rivals in items:
+        gold = max(means[at:at + n_gold])
+        rival = means[at + n_gold:at + n_gold + len(rivals)]
+        at += n_gold + len(rivals)
+        out.append({
+            "answer_logprob": gold,
+            "answer_margin": gold - max(rival) if rival else None,
+            "answer_rank": sum(r < gold for r in rival) / len(rival) if rival else None,
+            "rivals": len(rival),
+        })
+    return out
 
 
 class Grader:
@@ -102,13 +173,18 @@ class Grader:
 
         self.metric = settings.metric
         self.local = {name: get_reward(name) for name in LOCAL_METRICS}
-        if settings.metric == "llm_judge":
+        self.dense = settings.metric in DENSE_METRICS
+        if self.dense:
+            self.primary = None  # filled per question by `evaluate`, which has the engine
+        elif settings.metric == "llm_judge":
             self.primary = get_reward("llm_judge", model=settings.judge_model)
         else:
             self.primary = self.local[settings.metric]
 
     def __call__(self, questions: list[str], predictions: list[str], references: list[list[str]]):
         metrics = {name: fn(predictions, references) for name, fn in self.local.items()}
+        if self.dense:
+            return None, metrics
         if self.metric in metrics:
             primary = metrics[self.metric]
         else:
@@ -132,6 +208,11 @@ def evaluate(engine, docs: list[Document], settings: EvalSettings, grader: Grade
         batch_size=settings.batch_size,
     )
     primary, metrics = grader(questions, preds, refs)
+    if grader.dense:
+        dense = dense_scores(engine, docs, settings)
+        for name in ("answer_logprob", *DENSE_METRICS):
+            metrics[name] = [float("nan") if s[name] is None else s[name] for s in dense]
+        primary = metrics[grader.metric]
     return [
         QuestionResult(d.id, q.question, list(q.answers), p, float(s), {k: float(v[i]) for k, v in metrics.items()})
         for i, ((d, q), p, s) in enumerate(zip(items, preds, primary))
@@ -142,10 +223,16 @@ def summarize(results: list[QuestionResult]) -> dict:
     """Micro average over questions of the primary score and every metric (empty -> None)."""
     if not results:
         return {"questions": 0, "score": None}
-    out = {"questions": len(results), "score": sum(r.score for r in results) / len(results)}
+    out = {"questions": len(results), "score": _nanmean([r.score for r in results])}
     for name in results[0].metrics:
-        out[name] = sum(r.metrics[name] for r in results) / len(results)
+        out[name] = _nanmean([r.metrics[name] for r in results])
     return out
+
+
+def _nanmean(values: list[float]) -> float | None:
+    """The mean over defined values: a dense metric is undefined (NaN) for a question with no rival answer."""
+    kept = [v for v in values if v == v]
+    return sum(kept) / len(kept) if kept else None
 
 
 class KnowledgeTask:
@@ -180,7 +267,11 @@ class KnowledgeTask:
         results = evaluate(engine, [doc], self.eval, self.grader)
         if not results:
             raise ValueError(f"document {doc.id} has no questions to score")
-        return sum(r.score for r in results) / len(results)
+        score = _nanmean([r.score for r in results])
+        if score is None:
+            raise UserError(f"document {doc.id!r}: student.eval.metric={self.eval.metric} needs at least two "
+                            "questions with different answers (the other answers are its rivals)")
+        return score
 
     def baseline(self, engine, doc: Document) -> float:
         engine.reset()
