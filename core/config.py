@@ -173,6 +173,26 @@ class DistributedSettings:
 
 
 @dataclass
+class ExecutorSettings:
+    """Where the E-step's and held-out evaluation's inner loops run (pipeline/executor.py).
+
+    `local`: in this process, one after another (the default). `ray`: one worker per device, each holding one
+    resident student, on a Ray cluster started here or joined at `address`."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None  # None: start a local cluster; "auto" or "host:port": join a running one
+    workers: int | None = None  # None: one per GPU of the cluster, or on CPUs as many as the CPUs allow
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    threads_per_worker: int | None = None  # torch threads in a worker; None: this process's count
+    in_flight: int = 2  # items queued per worker, so a worker never waits for the driver
+    max_tries: int = 3  # an item that fails this often is recorded as failed; the round goes on
+    max_restarts: int = 3  # per worker: a worker process that dies is restarted this often
+    num_cpus: int | None = None  # for a cluster started here: CPUs it may use (None: all)
+    object_store_mb: int = 256  # for a cluster started here
+
+
+@dataclass
 class StudentSettings:
     model: ModelSettings = field(default_factory=ModelSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -383,6 +403,12 @@ _RANGES = {
                     "batch_size": (lambda v: v >= 1, ">= 1"), "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
                     "weight_decay": (lambda v: v >= 0, ">= 0"), "max_length": (lambda v: v >= 16, ">= 16"),
                     "max_grad_norm": (lambda v: v is None or v > 0, "> 0 or null")},
+    ExecutorSettings: {"workers": (lambda v: v is None or v >= 1, ">= 1 or null"),
+                       "cpus_per_worker": (lambda v: v > 0, "> 0"),
+                       "gpus_per_worker": (lambda v: v is None or v >= 0, ">= 0 or null"),
+                       "threads_per_worker": (lambda v: v is None or v >= 1, ">= 1 or null"),
+                       "in_flight": (lambda v: v >= 1, ">= 1"), "max_tries": (lambda v: v >= 1, ">= 1"),
+                       "max_restarts": (lambda v: v >= 0, ">= 0")},
 }
 
 
@@ -477,6 +503,7 @@ class TrainTeacherConfig:
     rest_em: RestEMSettings = field(default_factory=RestEMSettings)
     m_step: MStepSettings = field(default_factory=MStepSettings)
     arc: ArcSettings = field(default_factory=ArcSettings)
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
 
 
 CONFIGS: dict[str, type] = {"adapt-student": AdaptConfig, "train-teacher": TrainTeacherConfig}

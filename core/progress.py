@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 
 
-def progress_bar(items, *, desc: str, enabled: bool = True):
+def progress_bar(items, *, desc: str, enabled: bool = True, total: int | None = None):
+    """A bar with items/s and the time left (`total` for a generator, which has no length)."""
     if not enabled:
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+    return tqdm(items, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True, total=total)
 
 
 _quiet = False

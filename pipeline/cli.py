@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from core.errors import UserError
+from core.errors import ItemsFailed, UserError
 
 app = typer.Typer(
     name="seal-tt",
@@ -310,6 +310,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except ItemsFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(3)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command with the same --output to resume", file=sys.stderr)
         sys.exit(130)

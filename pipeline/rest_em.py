@@ -52,8 +52,9 @@ class RestEM:
         self.progress = progress
         self.run_dir = RunDir(config.output)
         self.base = config.teacher.model
-        self._engine = None
-        self._engine_path = None
+        from pipeline.executor import make_executor
+
+        self.executor = make_executor(config.executor, task, config.student.lora)
         self._baselines: dict[tuple[str, str], float] = {}
         merge = config.rest_em.merge_teacher or config.rest_em.student_follows_teacher
         self.merge = merge
@@ -80,7 +81,8 @@ class RestEM:
 
     # --------------------------------------------------------------------------------------------- the loop
     def run(self, *, force: bool = False) -> list[dict]:
-        self.run_dir.start(self.config, force=force, ignore=("rounds",))
+        # Where the inner loops run does not change what they compute: a run may resume on another executor.
+        self.run_dir.start(self.config, force=force, ignore=("rounds", "executor"))
         from core import provenance
 
         provenance.record(self.run_dir.path, {"teacher": provenance.model_settings(self.config.teacher.model),
@@ -104,19 +106,39 @@ class RestEM:
             m_seconds = time.perf_counter() - t0
             t0 = time.perf_counter()
             heldout = self.evaluate_heldout(r)
-            extra = {"e_step": _reward_stats(records), "selected": len(selection),
+            failed = sum(f["phase"] == "e_step" for f in self.failures(r))
+            extra = {"e_step": {**_reward_stats(records), **({"failed": failed} if failed > 0 else {})},
+                     "selected": len(selection),
                      "m_step": {k: m_info.get(k) for k in ("pairs", "steps", "first_loss", "last_loss", "skipped")},
                      "timings": {"e_step_seconds": round(e_seconds, 2), "m_step_seconds": round(m_seconds, 2),
                                  "heldout_seconds": round(time.perf_counter() - t0, 2)}}
             self._finish_round(r, extra, heldout)
         metrics = read_jsonl(self.run_dir / "metrics.jsonl")
         atomic_write_text(self.run_dir / "summary.md", summary_markdown(metrics, self.config))
+        self.executor.close()
+        failed = self.failures()
+        if failed:
+            from core.errors import ItemsFailed
+
+            raise ItemsFailed(failed, "round_*/failures.jsonl")
         return metrics
+
+    def failures(self, only: int | None = None) -> list[dict]:
+        """Items that failed every try and have no record since (a rerun before the round ended may retry them)."""
+        out = []
+        for r in ([only] if only is not None else range(self.config.rounds + 1)):
+            rdir = self.round_dir(r)
+            for phase, records in (("e_step", "e_step.jsonl"), ("heldout", "heldout.jsonl")):
+                done = {(x["context"], x["sample"]) for x in read_jsonl(rdir / records)}
+                out += [f for f in read_jsonl(rdir / "failures.jsonl")
+                        if f["phase"] == phase and (f["context"], f["sample"]) not in done]
+        return out
 
     def _finish_round(self, r: int, extra: dict, heldout: dict) -> None:
         append_jsonl(self.run_dir / "metrics.jsonl", {"round": r, **extra, "heldout": heldout})
         h = heldout
         say(f"round {r}: held-out score {h['score_mean']:.3f} (gain {h['gain_mean']:+.3f} ± {h['gain_ci95']:.3f})"
+            + (f", {h['failed']} held-out item(s) failed" if h.get("failed") else "")
             + (f", E-step reward {extra['e_step']['reward_mean']:+.3f}, selected {extra['selected']}" if extra else ""))
 
     def _write_splits(self) -> None:
@@ -130,23 +152,43 @@ class RestEM:
         atomic_write_json(path, splits)
 
     # --------------------------------------------------------------------------------------------- models
-    def engine(self, student: ModelSettings):
-        from student.engine import StudentEngine
+    def _score_items(self, r: int, phase: str, student: ModelSettings, contexts: list, samples: dict,
+                     seeds: list[int], path: Path, desc: str) -> dict:
+        """Score every sample of `contexts` not yet in `path` through the executor; only this process writes.
+        Returns {(context, sample): record} for everything recorded, old and new."""
+        from pipeline.work import WorkItem
 
-        if self._engine is None or self._engine_path != student.path:
-            self._engine = None
-            gc.collect()
-            self._engine = StudentEngine(student, self.config.student.lora)
-            self._engine_path = student.path
-        return self._engine
-
-    def baseline(self, student: ModelSettings, context) -> float:
-        key = (student.path, self.task.context_id(context))
-        if key not in self._baselines:
-            score = self.task.baseline(self.engine(student), context)
-            self._baselines[key] = score
-            append_jsonl(self.run_dir / "baselines.jsonl", {"student": key[0], "context": key[1], "score": score})
-        return self._baselines[key]
+        repair_jsonl(path)
+        done = {(x["context"], x["sample"]): x for x in read_jsonl(path)}
+        items = []
+        for ctx in contexts:
+            cid = self.task.context_id(ctx)
+            for s in samples[cid]:
+                if (cid, s["sample"]) not in done:
+                    items.append(WorkItem(f"r{r}/{phase}/{cid}/{s['sample']}", ctx, s, seeds,
+                                          self._baselines.get((student.path, cid))))
+        failures = self.round_dir(r) / "failures.jsonl"
+        results = self.executor.run(student, items)
+        for item, rec, failure in progress_bar(results, desc=desc, enabled=self.progress and bool(items),
+                                               total=len(items)):
+            if failure is not None:
+                append_jsonl(failures, {"key": failure.key, "phase": phase, "context": item.sample["context"],
+                                        "sample": item.sample["sample"], "tries": failure.tries,
+                                        "error": failure.error, "workers": failure.workers,
+                                        "detail": failure.detail[-4000:]})
+                say(f"{failure.key}: failed after {failure.tries} tries ({failure.error})")
+                continue
+            cid = item.sample["context"]
+            if (student.path, cid) not in self._baselines:
+                self._baselines[(student.path, cid)] = rec["baseline"]
+                append_jsonl(self.run_dir / "baselines.jsonl",
+                             {"student": student.path, "context": cid, "score": rec["baseline"]})
+            if phase == "heldout":
+                rec["score"] = rec["scores"][0] if rec["scores"] else rec["baseline"]
+            append_jsonl(path, rec)
+            done[(cid, item.sample["sample"])] = rec
+        self.executor.release()
+        return done
 
     def sample(self, r: int, contexts: list, path: Path, *, n: int, temperature: float | None, tag: str) -> dict:
         """k self-edits per context from the teacher after round r, stored before anything is scored."""
@@ -203,39 +245,11 @@ class RestEM:
         samples = self.sample(r - 1, contexts, rdir / "samples.jsonl", n=cfg.teacher.generation.num_samples,
                               temperature=None, tag="e_step")
         student = self.student_for(r - 1)
-        path = rdir / "e_step.jsonl"
-        repair_jsonl(path)
-        done = {(x["context"], x["sample"]): x for x in read_jsonl(path)}
         seeds = [context_seed(cfg.seed, "student", s) for s in range(cfg.rest_em.seeds_per_edit)]
-        for ctx in progress_bar(contexts, desc=f"E-step r{r}: absorbing", enabled=self.progress):
-            cid = self.task.context_id(ctx)
-            base_score = None
-            for s in samples[cid]:
-                if (cid, s["sample"]) in done:
-                    continue
-                if base_score is None:
-                    base_score = self.baseline(student, ctx)
-                rec = self._score_sample(student, ctx, s, seeds, base_score)
-                append_jsonl(path, rec)
-                done[(cid, s["sample"])] = rec
-        return [done[(self.task.context_id(c), i)] for c in contexts for i in range(len(samples[self.task.context_id(c)]))]
-
-    def _score_sample(self, student, ctx, sample: dict, seeds: list[int], base_score: float) -> dict:
-        t0 = time.perf_counter()
-        prepared = self.task.prepare(ctx, sample["self_edit"])
-        rec = {"context": sample["context"], "sample": sample["sample"], "prompt": sample["prompt"],
-               "self_edit": sample["self_edit"], "valid": prepared.valid, "invalid_reason": prepared.reason,
-               "info": prepared.info, "seeds": seeds, "baseline": base_score}
-        if not prepared.valid:
-            # Recorded, never trained: an unusable self-edit earns nothing.
-            return {**rec, "scores": [], "rewards": [], "reward": 0.0, "timings": {"seconds": 0.0}}
-        engine = self.engine(student)
-        scores = [float(self.task.score(engine, ctx, prepared, seed)) for seed in seeds]
-        # Knowledge: the gain over the unadapted student. ARC (as the paper): pass@2 itself, so a recipe that keeps
-        # a task solved counts as much as one that solves it first.
-        rewards = [s - base_score for s in scores] if getattr(self.task, "reward_is_gain", True) else scores
-        return {**rec, "scores": scores, "rewards": rewards, "reward": sum(rewards) / len(rewards),
-                "timings": {"seconds": round(time.perf_counter() - t0, 3)}}
+        done = self._score_items(r, "e_step", student, contexts, samples, seeds, rdir / "e_step.jsonl",
+                                 f"E-step r{r}: absorbing")
+        return [done[key] for c in contexts for i in range(len(samples[self.task.context_id(c)]))
+                if (key := (self.task.context_id(c), i)) in done]
 
     # ------------------------------------------------------------------------------------ selection, M-step
     def selection(self, r: int, records: list[dict]) -> list[dict]:
@@ -296,22 +310,13 @@ class RestEM:
         samples = self.sample(r, self.heldout, rdir / "heldout_samples.jsonl", n=n,
                               temperature=cfg.rest_em.heldout_temperature, tag="heldout")
         student = self.student_for(r)
-        path = rdir / "heldout.jsonl"
-        repair_jsonl(path)
-        done = {(x["context"], x["sample"]): x for x in read_jsonl(path)}
         seeds = [context_seed(cfg.seed, "student", 0)]
-        for ctx in progress_bar(self.heldout, desc=f"held-out r{r}", enabled=self.progress):
-            cid = self.task.context_id(ctx)
-            for s in samples[cid]:
-                if (cid, s["sample"]) in done:
-                    continue
-                base_score = self.baseline(student, ctx)
-                rec = self._score_sample(student, ctx, s, seeds, base_score)
-                rec["score"] = rec["scores"][0] if rec["scores"] else base_score
-                append_jsonl(path, rec)
-                done[(cid, s["sample"])] = rec
-        recs = [done[(self.task.context_id(c), i)] for c in self.heldout for i in range(n)]
-        return _heldout_stats(recs)
+        done = self._score_items(r, "heldout", student, self.heldout, samples, seeds, rdir / "heldout.jsonl",
+                                 f"held-out r{r}")
+        keys = [(self.task.context_id(c), i) for c in self.heldout for i in range(n)]
+        stats = _heldout_stats([done[k] for k in keys if k in done])
+        missing = sum(k not in done for k in keys)
+        return {**stats, "failed": missing} if missing else stats
 
 
 def final_teacher(config: TrainTeacherConfig) -> str:

@@ -51,6 +51,10 @@ def prepare(config: TrainTeacherConfig):
         check_deepspeed_config(config.m_step.deepspeed)
     if config.student.eval.metric == "llm_judge" and not config.student.eval.judge_model:
         raise UserError("student.eval.metric is llm_judge but student.eval.judge_model is not set")
+    if config.executor.kind == "ray":
+        from pipeline.ray_executor import import_ray
+
+        import_ray()  # before any model loads: a missing extra is said at once
     if config.task == "arc":
         from pipeline.tasks.arc.rest import arc_setup
 

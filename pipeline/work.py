@@ -1,0 +1,80 @@
+"""Work items and the scorer that turns one into a record: what every executor's worker runs.
+
+A record depends only on the item and its seeds, never on what the worker did before (the LoRA is reset from the
+seed, baselines are deterministic), so any worker may take any item.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.config import LoraSettings, ModelSettings
+
+
+@dataclass
+class WorkItem:
+    key: str  # stable across runs: phase, round, context, sample
+    context: Any  # the task's context (a document, an ARC task)
+    sample: dict  # {"context", "sample", "prompt", "self_edit"} as the teacher wrote it
+    seeds: list[int]
+    baseline: float | None = None  # the unadapted student's score when the driver already knows it
+
+
+@dataclass
+class Failure:
+    key: str
+    tries: int
+    error: str  # the last error's one-line form
+    detail: str = ""  # its traceback (or the worker's death notice)
+    workers: list[str] = field(default_factory=list)
+
+
+class Scorer:
+    """One resident student scoring work items: what every worker holds (and the local executor itself)."""
+
+    def __init__(self, task, student: ModelSettings, lora: LoraSettings):
+        self.task = task
+        self.student = student
+        self.lora = lora
+        self._engine = None
+        self._baselines: dict[str, float] = {}
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from student.engine import StudentEngine
+
+            self._engine = StudentEngine(self.student, self.lora)
+        return self._engine
+
+    def baseline(self, context) -> float:
+        cid = self.task.context_id(context)
+        if cid not in self._baselines:
+            self._baselines[cid] = float(self.task.baseline(self.engine, context))
+        return self._baselines[cid]
+
+    def score(self, item: WorkItem) -> dict:
+        """The item's record: every seed's score after absorbing the self-edit, and the reward against the baseline."""
+        t0 = time.perf_counter()
+        ctx, sample = item.context, item.sample
+        base = item.baseline if item.baseline is not None else self.baseline(ctx)
+        prepared = self.task.prepare(ctx, sample["self_edit"])
+        rec = {"context": sample["context"], "sample": sample["sample"], "prompt": sample["prompt"],
+               "self_edit": sample["self_edit"], "valid": prepared.valid, "invalid_reason": prepared.reason,
+               "info": prepared.info, "seeds": item.seeds, "baseline": base}
+        if not prepared.valid:
+            # Recorded, never trained: an unusable self-edit earns nothing.
+            return {**rec, "scores": [], "rewards": [], "reward": 0.0, "timings": {"seconds": 0.0}}
+        scores = [float(self.task.score(self.engine, ctx, prepared, seed)) for seed in item.seeds]
+        # Knowledge: the gain over the unadapted student. ARC (as the paper): pass@2 itself, so a recipe that keeps
+        # a task solved counts as much as one that solves it first.
+        rewards = [s - base for s in scores] if getattr(self.task, "reward_is_gain", True) else scores
+        return {**rec, "scores": scores, "rewards": rewards, "reward": sum(rewards) / len(rewards),
+                "timings": {"seconds": round(time.perf_counter() - t0, 3)}}
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
