@@ -18,8 +18,8 @@ and its rank among them). The run folder resumes: each (split, setting, conditio
 records.jsonl, written when done, skipped when rerun.
 
     python benchmarks/real_squad.py run --run runs/real_squad --plan main      # hours on a CPU; resumable
-    python benchmarks/real_squad.py run --run runs/real_squad --plan tune
-    python benchmarks/real_squad.py report --run runs/real_squad --out benchmarks/results/real_squad
+    python benchmarks/real_squad.py run --run runs/real_squad_tune --plan tune  # may run beside the main plan
+    python benchmarks/real_squad.py report --run runs/real_squad runs/real_squad_tune --out benchmarks/results/real_squad
 
 `report` prints the tables (macro average over passages, paired bootstrap 95 % intervals against the passage-only
 condition), validates the dense metrics against greedy correctness, draws the plot, and writes the compact
@@ -394,7 +394,7 @@ def validate_dense(records: list[dict]) -> dict:
 def cmd_report(args) -> None:
     from core.rundir import read_jsonl
 
-    records = read_jsonl(Path(args.run) / "records.jsonl")
+    records = [r for run in args.run for r in read_jsonl(Path(run) / "records.jsonl")]
     if not records:
         raise SystemExit(f"no records in {args.run}")
     lines = []
@@ -518,7 +518,7 @@ def main(argv=None) -> None:
     r.add_argument("--threads", type=int, default=1)
     r.set_defaults(fn=cmd_run)
     q = sub.add_parser("report", help="tables, dense-metric validation, plot, compact results")
-    q.add_argument("--run", required=True)
+    q.add_argument("--run", required=True, nargs="+", help="run folders (e.g. the main plan's and the tuning's)")
     q.add_argument("--out", default=None)
     q.set_defaults(fn=cmd_report)
     args = p.parse_args(argv)

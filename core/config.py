@@ -504,6 +504,8 @@ class TrainTeacherConfig:
     m_step: MStepSettings = field(default_factory=MStepSettings)
     arc: ArcSettings = field(default_factory=ArcSettings)
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
+    # Live metrics: any of tensorboard, trackio, wandb (pipeline/tracking.py); empty: none.
+    report_to: list[str] = field(default_factory=list)
 
 
 CONFIGS: dict[str, type] = {"adapt-student": AdaptConfig, "train-teacher": TrainTeacherConfig}

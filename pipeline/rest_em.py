@@ -55,6 +55,10 @@ class RestEM:
         from pipeline.executor import make_executor
 
         self.executor = make_executor(config.executor, task, config.student.lora)
+        from pipeline.tracking import Tracker
+
+        self.tracker = Tracker([])
+        self._steps = {"e_step": 0, "heldout": 0, "m_step": 0}
         self._baselines: dict[tuple[str, str], float] = {}
         merge = config.rest_em.merge_teacher or config.rest_em.student_follows_teacher
         self.merge = merge
@@ -82,7 +86,18 @@ class RestEM:
     # --------------------------------------------------------------------------------------------- the loop
     def run(self, *, force: bool = False) -> list[dict]:
         # Where the inner loops run does not change what they compute: a run may resume on another executor.
-        self.run_dir.start(self.config, force=force, ignore=("rounds", "executor"))
+        self.run_dir.start(self.config, force=force, ignore=("rounds", "executor", "report_to"))
+        from core.config import to_dict
+        from pipeline.tracking import open_tracker
+
+        self.tracker = open_tracker(self.config.report_to, self.run_dir.path, to_dict(self.config))
+        try:
+            return self._run()
+        finally:
+            self.tracker.close()
+            self.executor.close()
+
+    def _run(self) -> list[dict]:
         from core import provenance
 
         provenance.record(self.run_dir.path, {"teacher": provenance.model_settings(self.config.teacher.model),
@@ -104,6 +119,9 @@ class RestEM:
             t0 = time.perf_counter()
             m_info = self.m_step(r, selection)
             m_seconds = time.perf_counter() - t0
+            for loss in m_info.get("losses") or []:
+                self._steps["m_step"] += 1
+                self.tracker.log({"m_step/loss": loss}, self._steps["m_step"])
             t0 = time.perf_counter()
             heldout = self.evaluate_heldout(r)
             failed = sum(f["phase"] == "e_step" for f in self.failures(r))
@@ -115,7 +133,6 @@ class RestEM:
             self._finish_round(r, extra, heldout)
         metrics = read_jsonl(self.run_dir / "metrics.jsonl")
         atomic_write_text(self.run_dir / "summary.md", summary_markdown(metrics, self.config))
-        self.executor.close()
         failed = self.failures()
         if failed:
             from core.errors import ItemsFailed
@@ -137,6 +154,12 @@ class RestEM:
     def _finish_round(self, r: int, extra: dict, heldout: dict) -> None:
         append_jsonl(self.run_dir / "metrics.jsonl", {"round": r, **extra, "heldout": heldout})
         h = heldout
+        e = extra.get("e_step") or {}
+        self.tracker.log({"round/heldout_score": h["score_mean"], "round/heldout_gain": h["gain_mean"],
+                          "round/heldout_failed": h.get("failed", 0), "round/reward_mean": e.get("reward_mean"),
+                          "round/fraction_positive": e.get("fraction_positive"), "round/failed": e.get("failed", 0),
+                          "round/selected": extra.get("selected"),
+                          "round/m_step_last_loss": (extra.get("m_step") or {}).get("last_loss")}, r)
         say(f"round {r}: held-out score {h['score_mean']:.3f} (gain {h['gain_mean']:+.3f} ± {h['gain_ci95']:.3f})"
             + (f", {h['failed']} held-out item(s) failed" if h.get("failed") else "")
             + (f", E-step reward {extra['e_step']['reward_mean']:+.3f}, selected {extra['selected']}" if extra else ""))
@@ -169,6 +192,7 @@ class RestEM:
                                           self._baselines.get((student.path, cid))))
         failures = self.round_dir(r) / "failures.jsonl"
         results = self.executor.run(student, items)
+        start, finished = time.perf_counter(), 0
         for item, rec, failure in progress_bar(results, desc=desc, enabled=self.progress and bool(items),
                                                total=len(items)):
             if failure is not None:
@@ -177,6 +201,8 @@ class RestEM:
                                         "error": failure.error, "workers": failure.workers,
                                         "detail": failure.detail[-4000:]})
                 say(f"{failure.key}: failed after {failure.tries} tries ({failure.error})")
+                self._steps[phase] += 1
+                self.tracker.log({f"{phase}/failed": 1}, self._steps[phase])
                 continue
             cid = item.sample["context"]
             if (student.path, cid) not in self._baselines:
@@ -187,6 +213,11 @@ class RestEM:
                 rec["score"] = rec["scores"][0] if rec["scores"] else rec["baseline"]
             append_jsonl(path, rec)
             done[(cid, item.sample["sample"])] = rec
+            finished += 1
+            self._steps[phase] += 1
+            self.tracker.log({f"{phase}/reward": rec["reward"], f"{phase}/valid": float(rec["valid"]),
+                              f"{phase}/items_per_second": finished / max(time.perf_counter() - start, 1e-9)},
+                             self._steps[phase])
         self.executor.release()
         return done
 

@@ -111,6 +111,7 @@ def sft_lora(peft_model, tokenizer, pairs: list[dict], settings: MStepSettings, 
             "train_loss": float(result.training_loss),
             "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None,
+            "losses": losses,
             "seconds": round(time.perf_counter() - start, 3),
         }
     finally:
