@@ -447,7 +447,7 @@ def cmd_report(args) -> None:
     lines.append("")
     tune = [r for r in records if r["split"] == "tune"]
     if tune:
-        lines.append("Inner-loop tuning (iter0_train passages 200+, not evaluation passages):")
+        lines.append("Inner-loop tuning (iter0_train.json passages 92-99: not evaluation passages, not the ReST-EM round's):")
         for st in sorted({r["setting"] for r in tune}):
             sc, md = table(records, "tune", st)
             parts = []
