@@ -197,3 +197,46 @@ def test_driver_killed_mid_round_then_rerun_gives_the_local_records_without_dupl
         assert len(b) == len({(r.get("context"), r.get("sample"), r.get("student")) for r in b}), f"{name}: duplicates"
         assert sorted(a, key=key) == sorted(b, key=key), name
     assert _jsonl(local / "metrics.jsonl")[-1]["heldout"] == _jsonl(cut / "metrics.jsonl")[-1]["heldout"]
+
+
+class FailsOn:
+    """A real knowledge task whose scoring of one context always raises (a bug, a broken document, ...)."""
+
+    def __init__(self, task, bad: str):
+        self._task, self.bad = task, bad
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
+
+    def score(self, engine, doc, prepared, seed):
+        if doc.id == self.bad:
+            raise RuntimeError(f"cannot score {doc.id}")
+        return self._task.score(engine, doc, prepared, seed)
+
+
+def test_rest_em_records_failed_items_goes_on_and_ends_naming_them(tiny_models, squad_file, tmp_path):
+    from core.config import TrainTeacherConfig, load_config
+    from core.errors import ItemsFailed
+    from pipeline.rest_em import RestEM
+    from pipeline.train_teacher import prepare
+
+    sets = [a for a in SMALL if a != "--set"] + ["data.contexts_per_round=3", "rest_em.seeds_per_edit=1",
+                                                  "executor.max_tries=2"]
+    cfg = load_config(TrainTeacherConfig, None, sets + [
+        f"data.docs=[{squad_file}]", f"teacher.model.path={tiny_models['qwen2']}",
+        f"student.model.path={tiny_models['llama']}", "rounds=1", f"output={tmp_path / 'run'}"])
+    task, rounds, heldout = prepare(cfg)
+    bad = rounds[0][1].id
+    with pytest.raises(ItemsFailed, match=f"3 item\\(s\\) failed.*r1/e_step/{bad}/0"):
+        RestEM(cfg, FailsOn(task, bad), rounds, heldout, progress=False).run()
+    run = tmp_path / "run"
+    failures = _jsonl(run / "round_1/failures.jsonl")
+    assert sorted((f["context"], f["sample"]) for f in failures) == [(bad, 0), (bad, 1), (bad, 2)]
+    assert all(f["tries"] == 2 and "cannot score" in f["error"] and "Traceback" in f["detail"] for f in failures)
+    e_step = _jsonl(run / "round_1/e_step.jsonl")
+    assert len(e_step) == 6 and bad not in {r["context"] for r in e_step}  # never scored as "wrong"
+    metrics = _jsonl(run / "metrics.jsonl")
+    assert metrics[-1]["e_step"]["failed"] == 3 and metrics[-1]["e_step"]["self_edits"] == 6
+    assert (run / "round_1/m_step.json").exists()  # the round went on
+    with pytest.raises(ItemsFailed):  # a rerun says so again rather than exit 0 over missing records
+        RestEM(cfg, FailsOn(task, bad), rounds, heldout, progress=False).run()
