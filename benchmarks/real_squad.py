@@ -23,7 +23,11 @@ records.jsonl, written when done, skipped when rerun.
 
 `report` prints the tables (macro average over passages, paired bootstrap 95 % intervals against the passage-only
 condition), validates the dense metrics against greedy correctness, draws the plot, and writes the compact
-per-passage results that are committed (no answers, a few KB).
+per-passage results that are committed (no answers, a few KB). The full records are committed too, gzipped
+(`benchmarks/results/real_squad/raw/`), so a run can continue on another machine:
+
+    mkdir -p runs/real_squad && zcat benchmarks/results/real_squad/raw/records_main.jsonl.gz > runs/real_squad/records.jsonl
+    cp benchmarks/results/real_squad/raw/self_edits.jsonl runs/real_squad/
 """
 
 from __future__ import annotations
