@@ -55,37 +55,25 @@ class _TensorBoard:
         self.writer.close()
 
 
-class _Trackio:
-    def __init__(self, run_dir: Path, name: str, config: dict):
+class _HostedRun:
+    """trackio and W&B: the same module-level API (`init`, `log`, `finish`)."""
+
+    def __init__(self, module: str, **init):
+        import importlib
+
         try:
-            import trackio
+            self.api = importlib.import_module(module)
         except ImportError:
-            raise UserError("report_to trackio needs trackio: pip install trackio") from None
-        self.trackio = trackio
-        self.run = trackio.init(project="seal-tt", name=name, config=config)
+            raise UserError(f"report_to {module} needs {module}: pip install {module}") from None
+        self.api.init(project="seal-tt", **init)
 
     def log(self, scalars: dict, step: int) -> None:
-        # Item and round metrics count steps on different axes; the axis goes in as a value of its own.
-        self.trackio.log({**scalars, "step": step})
+        # Both want one increasing step per run, while item and round metrics count on axes of their own: the axis
+        # goes in as a value.
+        self.api.log({**scalars, "step": step})
 
     def close(self) -> None:
-        self.trackio.finish()
-
-
-class _WandB:
-    def __init__(self, run_dir: Path, name: str, config: dict):
-        try:
-            import wandb
-        except ImportError:
-            raise UserError("report_to wandb needs wandb: pip install wandb") from None
-        self.run = wandb.init(project="seal-tt", name=name, config=config, dir=str(run_dir))
-
-    def log(self, scalars: dict, step: int) -> None:
-        # W&B wants one increasing step for the whole run; item and round metrics have their own axes.
-        self.run.log({**scalars, "step": step})
-
-    def close(self) -> None:
-        self.run.finish()
+        self.api.finish()
 
 
 def open_tracker(report_to: list[str], run_dir: str | Path, config: dict) -> Tracker:
@@ -100,7 +88,7 @@ def open_tracker(report_to: list[str], run_dir: str | Path, config: dict) -> Tra
         if n == "tensorboard":
             sinks.append(_TensorBoard(run_dir))
         elif n == "trackio":
-            sinks.append(_Trackio(run_dir, name, config))
+            sinks.append(_HostedRun("trackio", name=name, config=config))
         else:
-            sinks.append(_WandB(run_dir, name, config))
+            sinks.append(_HostedRun("wandb", name=name, config=config, dir=str(run_dir)))
     return Tracker(sinks)

@@ -62,12 +62,19 @@ def _records(results):
     return out
 
 
-class DiesOnce(KnowledgeTask):
+class _Hooked(KnowledgeTask):
+    """The tests' knowledge task (`_task()`), with scoring to be overridden."""
+
+    def __init__(self):
+        t = _task()
+        super().__init__(t.self_edit, t.train, t.eval)
+
+
+class DiesOnce(_Hooked):
     """The worker process exits in the middle of its first item (a marker file says it already died once)."""
 
     def __init__(self, marker: str):
-        t = _task()
-        super().__init__(t.self_edit, t.train, t.eval)
+        super().__init__()
         self.marker = marker
 
     def score(self, engine, doc, prepared, seed):
@@ -77,10 +84,9 @@ class DiesOnce(KnowledgeTask):
         return super().score(engine, doc, prepared, seed)
 
 
-class AlwaysRaises(KnowledgeTask):
+class AlwaysRaises(_Hooked):
     def __init__(self, bad: str):
-        t = _task()
-        super().__init__(t.self_edit, t.train, t.eval)
+        super().__init__()
         self.bad = bad
 
     def score(self, engine, doc, prepared, seed):
