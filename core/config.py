@@ -258,6 +258,8 @@ class AdaptConfig:
     # Print the plan (passages, sequences, steps, a time estimate) and stop before any model loads.
     dry_run: bool = False
     arc: ArcSettings = field(default_factory=ArcSettings)
+    # Where mode=per_document's documents are absorbed (one work item each): this process, or Ray workers.
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
 
 
 # ------------------------------------------------------------------------------------------------- loading

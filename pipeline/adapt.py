@@ -5,11 +5,20 @@ Output folder:
     self_edits.jsonl    one line per self-edit, appended per document as the teacher finishes it (resume point)
     adapter/            PEFT adapter in safetensors (mode=joint), or adapters/<document id>/ (mode=per_document)
     merged/             with merge=true: the student with the adapter folded in
+    .work/per_document.jsonl   mode=per_document: one line per absorbed document, appended after its adapter is
+                        saved (resume point: a rerun skips the documents recorded there)
+    failures.jsonl      mode=per_document: documents that failed every try, with their errors
     report.json         scores before and after, per document and per question, timings
+
+mode=per_document runs behind an executor (`executor.kind`: this process, or Ray workers): each document is one
+work item keyed by its id; a worker trains its adapter from the document's seed, answers its questions and returns
+the record with the adapter's tensors; only this process writes files.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
 import time
@@ -31,14 +40,19 @@ from core.rundir import (
     atomic_write_text,
     complete_groups,
     finished_report,
+    read_jsonl,
     removed_on_user_error,
+    repair_jsonl,
 )
 from pipeline.plan import MARGIN, AdaptPlan, estimate, fit_sequences, plan_adaptation
 from pipeline.sampling import free_memory, teacher_backend
 from pipeline.tasks import knowledge
+from pipeline.work import Scorer, WorkItem
 
 EDITS = "self_edits.jsonl"
 REPORT = "report.json"
+PER_DOCUMENT = ".work/per_document.jsonl"  # mode=per_document: one line per absorbed document (the resume point)
+FAILURES = "failures.jsonl"  # mode=per_document: documents that failed every try
 
 
 def prepare(config: AdaptConfig) -> tuple[list[Document], dict[str, list[str]] | None]:
@@ -84,7 +98,22 @@ def prepare(config: AdaptConfig) -> tuple[list[Document], dict[str, list[str]] |
         raise UserError("merge=true writes one merged model and needs mode=joint")
     if config.teacher.generation.num_samples < 1:
         raise UserError("teacher.generation.num_samples must be at least 1")
+    check_executor(config)
     return docs, given
+
+
+def check_executor(config: AdaptConfig) -> None:
+    """Only mode=per_document has work items to spread; Ray, when asked for, must be installed (said before any
+    model loads)."""
+    if config.executor.kind == "local":
+        return
+    if config.task != "knowledge" or config.mode != "per_document":
+        raise UserError(f"executor.kind={config.executor.kind} runs adapt-student's mode=per_document (one work item "
+                        "per document); this run trains in this process: use executor.kind=local"
+                        + (" (student.distributed shards one adapter)" if config.task == "knowledge" else ""))
+    from pipeline.ray_executor import import_ray
+
+    import_ray()
 
 
 def plan_run(config: AdaptConfig, docs: list[Document], given) -> AdaptPlan:
@@ -104,6 +133,7 @@ def adapt_student(config: AdaptConfig, *, force: bool = False, progress: bool = 
     if config.task == "arc":
         from pipeline.tasks.arc.adapt import adapt_arc
 
+        check_executor(config)
         return adapt_arc(config, force=force, progress=progress)
     if config.dry_run:
         return dry_run(config)
@@ -112,8 +142,10 @@ def adapt_student(config: AdaptConfig, *, force: bool = False, progress: bool = 
     run = RunDir(config.output)
     run.check_writable()
     with removed_on_user_error(run.path):
-        run.start(config, force=force)
-        report = finished_report(run, REPORT, force)
+        # Where the documents are absorbed does not change what they give: a run may resume on another executor.
+        run.start(config, force=force, ignore=("executor",))
+        # A report that left documents out (they failed every try) is redone: those documents are tried again.
+        report = finished_report(run, REPORT, force or bool(_report_failed(run)))
         if report is not None:
             return report
         models = {"student": model_settings(config.student.model)}
@@ -140,38 +172,7 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool,
         edits = write_self_edits(config, docs, run / EDITS, engine=engine, progress=progress, plan=plan)
     timings["teacher_seconds"] = time.perf_counter() - t0
 
-    texts_by_doc = {d.id: [] for d in docs}
-    for rec in edits:
-        texts_by_doc[rec["document"]].extend(rec["training_texts"])
-    capped = [r for r in edits if (r.get("split") or {}).get("dropped_over_cap")]
-    if capped:
-        say(f"self-edits: {len(capped)} completions had more than self_edit.max_sequences="
-            f"{config.self_edit.max_sequences} sequences; {sum(r['split']['dropped_over_cap'] for r in capped)} "
-            "sequences beyond the cap were left out (recorded per self-edit in self_edits.jsonl)")
-    for doc in docs:
-        if not texts_by_doc[doc.id]:
-            if config.edits.file:
-                raise UserError(f"the given self-edits for document {doc.id!r} yield no training text after "
-                                f"splitting (self_edit.split={config.self_edit.split!r}, "
-                                f"min_chars={config.self_edit.min_chars})")
-            raise UserError(
-                f"the teacher's self-edits for document {doc.id!r} yield no training text "
-                f"(all {config.teacher.generation.num_samples} samples empty after splitting); "
-                "try a larger teacher.generation.max_new_tokens or another self_edit.prompt"
-            )
-        if config.self_edit.include_passage:
-            texts_by_doc[doc.id] += [knowledge.with_title(doc, p.text, config.self_edit)
-                                     for _, p in units([doc], plan)]
-    sequences_split = 0
-    if plan is not None and plan.counter is not None:
-        # Nothing is cut at train.max_length: a longer training text is split on sentence or word boundaries.
-        for doc in docs:
-            texts_by_doc[doc.id], n = fit_sequences(texts_by_doc[doc.id], plan.counter,
-                                                    config.student.train.max_length - MARGIN)
-            sequences_split += n
-        if sequences_split:
-            say(f"student: {sequences_split} training sequences longer than student.train.max_length="
-                f"{config.student.train.max_length} tokens were split (not cut)")
+    texts_by_doc, sequences_split = training_texts_by_document(config, docs, edits, plan)
 
     sharded = bool(config.student.distributed.deepspeed or config.student.distributed.nproc > 1)
     if sharded:
@@ -199,6 +200,8 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool,
 
     after: list = []
     train_stats = []
+    failed: list[dict] = []  # mode=per_document: documents that failed every try
+    reported = docs
     t0 = time.perf_counter()
     if sharded:
         engine.load_adapter(run / "adapter")
@@ -231,23 +234,217 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool,
         after = knowledge.evaluate(engine, docs, ev, grader)
         timings["eval_after_seconds"] = time.perf_counter() - t1
     else:
-        names = _adapter_names(docs)
-        for doc in progress_bar(docs, desc="student: absorbing", enabled=progress):
-            seed = context_seed(config.seed, doc.id)
-            engine.reset(seed=seed)
-            stats = engine.train_texts(texts_by_doc[doc.id], tr, seed=seed)
-            train_stats.append({"document": doc.id, "sequences": len(texts_by_doc[doc.id]), **_stats(stats)})
-            engine.save_adapter(run / "adapters" / names[doc.id])
-            after += knowledge.evaluate(engine, [doc], ev, grader)
+        if config.executor.kind != "local":
+            engine = None  # the workers load their own students: the devices are theirs
+            free_memory()
+        done, failed = absorb_per_document(config, docs, texts_by_doc, run, engine=engine, grader=grader,
+                                           progress=progress)
+        # The report covers the documents absorbed; one that failed every try is left out, never scored as wrong.
+        reported = [d for d in docs if d.id in done]
+        train_stats = [done[d.id]["training"] for d in reported]
+        after = [knowledge.QuestionResult(**q) for d in reported for q in done[d.id]["after"]]
+        before = [r for r in before if r.document in done]
         timings["train_and_eval_seconds"] = time.perf_counter() - t0
 
-    report = _report(config, docs, edits, before, after, train_stats, timings)
+    report = _report(config, reported, edits, before, after, train_stats, timings)
     if plan is not None:
         report["passages"] = plan.summary()
         report["sequences_split"] = sequences_split
     report["sequences_over_cap"] = sum((r.get("split") or {}).get("dropped_over_cap", 0) for r in edits)
+    if failed:
+        report["failed"] = [f["document"] for f in failed]
     atomic_write_json(run / REPORT, report)
+    if failed:
+        from core.errors import ItemsFailed
+
+        say(f"student: {len(failed)} document(s) failed every try and are left out of the report; a rerun of the "
+            "same command tries them again (and only them)")
+        raise ItemsFailed(failed, str(run / FAILURES))
     return report
+
+
+def absorb_per_document(config: AdaptConfig, docs: list[Document], texts_by_doc: dict[str, list[str]], run: RunDir,
+                        *, engine=None, grader=None, progress: bool = True) -> tuple[dict[str, dict], list[dict]]:
+    """One adapter per document, each document one work item (keyed by its id) on the configured executor.
+
+    Only this process writes: an adapter under adapters/<name>/ as its result arrives, then the document's line in
+    .work/per_document.jsonl, so a rerun skips every document recorded there (with the same training texts and
+    settings, and its adapter in place). `engine`: the student this process holds, which the local executor trains
+    on. Returns the records of every absorbed document (earlier runs' too) by id, and this run's failures."""
+    from pipeline.executor import make_executor
+
+    names = _adapter_names(docs)
+    path = run / PER_DOCUMENT
+    repair_jsonl(path)
+    prints = {d.id: _fingerprint(config, d, texts_by_doc[d.id]) for d in docs}
+    done: dict[str, dict] = {}
+    for rec in read_jsonl(path):
+        key = rec.get("document")
+        if key in prints and rec.get("fingerprint") == prints[key] and \
+                (run / "adapters" / names[key] / "adapter_model.safetensors").exists():
+            done[key] = rec
+    items = [WorkItem(d.id, d, {"document": d.id, "texts": texts_by_doc[d.id]}, [context_seed(config.seed, d.id)])
+             for d in docs if d.id not in done]
+    if done:
+        say(f"student: {len(done)} of {len(docs)} documents already absorbed ({path}); {len(items)} to go")
+    task = AbsorbTask(config.student.train, config.student.eval, grader)
+    executor = make_executor(config.executor, task, config.student.lora, engine=engine)
+    writer = AdapterWriter(config.student.model, config.student.lora)
+    failures: list[dict] = []
+    try:
+        results = executor.run(config.student.model, items)
+        for item, rec, failure in progress_bar(results, desc="student: absorbing", enabled=progress and bool(items),
+                                               total=len(items)):
+            if failure is not None:
+                line = {"key": failure.key, "document": item.key, "tries": failure.tries, "error": failure.error,
+                        "workers": failure.workers, "detail": failure.detail[-4000:]}
+                append_jsonl(run / FAILURES, line)
+                say(f"document {item.key}: failed after {failure.tries} tries ({failure.error})")
+                failures.append(line)
+                continue
+            writer.save(rec.pop("adapter"), run / "adapters" / names[item.key])
+            rec["fingerprint"] = prints[item.key]
+            append_jsonl(path, rec)  # after the adapter: a recorded document always has its adapter
+            done[item.key] = rec
+    finally:
+        executor.close()
+    return done, failures
+
+
+def _fingerprint(config: AdaptConfig, doc: Document, texts: list[str]) -> str:
+    """What a document's adapter and answers depend on: a recorded result with another fingerprint is redone."""
+    asdict = dataclasses.asdict
+    data = {"texts": texts, "seed": context_seed(config.seed, doc.id), "train": asdict(config.student.train),
+            "eval": asdict(config.student.eval), "lora": asdict(config.student.lora),
+            "student": asdict(config.student.model), "questions": [asdict(q) for q in doc.questions]}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class DocumentScorer(Scorer):
+    """A worker's resident student absorbing one document per work item: the LoRA reset from the document's seed,
+    trained on its texts, its questions answered; the record carries the adapter's tensors (on the CPU)."""
+
+    def score(self, item: WorkItem) -> dict:
+        t0 = time.perf_counter()
+        doc, texts = item.context, item.sample["texts"]
+        (seed,) = item.seeds
+        engine = self.engine
+        engine.reset(seed=seed)
+        stats = engine.train_texts(texts, self.task.train, seed=seed)
+        results = knowledge.evaluate(engine, [doc], self.task.eval, self.task.grader)
+        return {"document": doc.id, "seed": seed,
+                "training": {"document": doc.id, "sequences": len(texts), **_stats(stats)},
+                "after": [dataclasses.asdict(r) for r in results], "adapter": engine.adapter_state(),
+                "timings": {"seconds": round(time.perf_counter() - t0, 3)}}
+
+
+class AbsorbTask:
+    """adapt-student's per-document absorption as an executor task (`scorer_class`: see pipeline/work.py)."""
+
+    name = "absorb"
+    scorer_class = DocumentScorer
+
+    def __init__(self, train, eval_settings, grader=None):
+        self.train = train
+        self.eval = eval_settings
+        self._grader = grader
+
+    @property
+    def grader(self):
+        if self._grader is None:
+            self._grader = knowledge.Grader(self.eval)
+        return self._grader
+
+    def context_id(self, doc: Document) -> str:
+        return doc.id
+
+    def __getstate__(self):
+        return {**self.__dict__, "_grader": None}  # a worker builds its own (an llm_judge grader holds a model)
+
+
+class AdapterWriter:
+    """Adapters saved from their tensors alone, in the files `StudentEngine.save_adapter` writes (byte for byte):
+    PEFT's own save, run on a weightless copy of the student (meta tensors, no memory), then read back and checked."""
+
+    def __init__(self, model, lora):
+        self.model = model
+        self.lora = lora
+        self._skeleton = None
+
+    def skeleton(self):
+        if self._skeleton is None:
+            from accelerate import init_empty_weights
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            from core.lora import wrap_with_lora
+            from core.models import resolve_model_path
+
+            m = self.model
+            path = resolve_model_path(m.path, dtype=m.dtype, device=m.device)  # as the student loads it
+            cfg = AutoConfig.from_pretrained(path, trust_remote_code=m.trust_remote_code)
+            with init_empty_weights():
+                base = AutoModelForCausalLM.from_config(cfg, trust_remote_code=m.trust_remote_code)
+            self._skeleton = wrap_with_lora(base, self.lora)
+        return self._skeleton
+
+    def save(self, state: dict, out_dir: str | Path) -> Path:
+        from core.adapters import verify_adapter
+        from core.rundir import atomic_dir
+
+        with atomic_dir(out_dir) as tmp:
+            self.skeleton().save_pretrained(tmp, safe_serialization=True, state_dict=state)
+            verify_adapter(tmp, expected=state)
+        return Path(out_dir)
+
+
+def _report_failed(run: RunDir) -> list:
+    """The documents a finished report left out because they failed every try (none: a complete report)."""
+    path = run / REPORT
+    if not path.exists():
+        return []
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("failed") or []
+    except (OSError, json.JSONDecodeError):
+        return []
+
+
+def training_texts_by_document(config: AdaptConfig, docs: list[Document], edits: list[dict],
+                               plan: AdaptPlan | None) -> tuple[dict[str, list[str]], int]:
+    """Each document's training sequences from its self-edit records (plus its passages with include_passage),
+    longer ones split at train.max_length, never cut; and how many were split. Says what was capped or split."""
+    texts_by_doc = {d.id: [] for d in docs}
+    for rec in edits:
+        texts_by_doc[rec["document"]].extend(rec["training_texts"])
+    capped = [r for r in edits if (r.get("split") or {}).get("dropped_over_cap")]
+    if capped:
+        say(f"self-edits: {len(capped)} completions had more than self_edit.max_sequences="
+            f"{config.self_edit.max_sequences} sequences; {sum(r['split']['dropped_over_cap'] for r in capped)} "
+            "sequences beyond the cap were left out (recorded per self-edit in self_edits.jsonl)")
+    for doc in docs:
+        if not texts_by_doc[doc.id]:
+            if config.edits.file:
+                raise UserError(f"the given self-edits for document {doc.id!r} yield no training text after "
+                                f"splitting (self_edit.split={config.self_edit.split!r}, "
+                                f"min_chars={config.self_edit.min_chars})")
+            raise UserError(
+                f"the teacher's self-edits for document {doc.id!r} yield no training text "
+                f"(all {config.teacher.generation.num_samples} samples empty after splitting); "
+                "try a larger teacher.generation.max_new_tokens or another self_edit.prompt"
+            )
+        if config.self_edit.include_passage:
+            texts_by_doc[doc.id] += [knowledge.with_title(doc, p.text, config.self_edit)
+                                     for _, p in units([doc], plan)]
+    sequences_split = 0
+    if plan is not None and plan.counter is not None:
+        # Nothing is cut at train.max_length: a longer training text is split on sentence or word boundaries.
+        for doc in docs:
+            texts_by_doc[doc.id], n = fit_sequences(texts_by_doc[doc.id], plan.counter,
+                                                    config.student.train.max_length - MARGIN)
+            sequences_split += n
+        if sequences_split:
+            say(f"student: {sequences_split} training sequences longer than student.train.max_length="
+                f"{config.student.train.max_length} tokens were split (not cut)")
+    return texts_by_doc, sequences_split
 
 
 def train_sharded(config: AdaptConfig, texts: list[str], run: RunDir) -> dict:

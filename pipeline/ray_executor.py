@@ -19,7 +19,7 @@ from collections import deque
 
 from core.config import ExecutorSettings, LoraSettings, ModelSettings
 from core.errors import UserError
-from pipeline.work import Failure, Scorer, WorkItem, one_line
+from pipeline.work import Failure, WorkItem, make_scorer, one_line
 
 
 def import_ray():
@@ -41,7 +41,7 @@ class StudentWorker:
         torch.set_num_threads(threads)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.scorer = Scorer(task, student, lora)
+        self.scorer = make_scorer(task, student, lora)
 
     def score(self, item: WorkItem):
         return self.scorer.score(item), self.name

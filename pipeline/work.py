@@ -15,9 +15,10 @@ from core.config import LoraSettings, ModelSettings
 
 @dataclass
 class WorkItem:
-    key: str  # stable across runs: phase, round, context, sample
+    key: str  # stable across runs: phase, round, context, sample (adapt-student per_document: the document id)
     context: Any  # the task's context (a document, an ARC task)
-    sample: dict  # {"context", "sample", "prompt", "self_edit"} as the teacher wrote it
+    sample: dict  # {"context", "sample", "prompt", "self_edit"} as the teacher wrote it (or what a task's own scorer
+    # reads: adapt-student per_document's {"document", "texts"})
     seeds: list[int]
     baseline: float | None = None  # the unadapted student's score when the driver already knows it
 
@@ -32,13 +33,15 @@ class Failure:
 
 
 class Scorer:
-    """One resident student scoring work items: what every worker holds (and the local executor itself)."""
+    """One resident student scoring work items: what every worker holds (and the local executor itself).
 
-    def __init__(self, task, student: ModelSettings, lora: LoraSettings):
+    `engine`: a student already loaded for `student` (the local executor's driver may hand over its own)."""
+
+    def __init__(self, task, student: ModelSettings, lora: LoraSettings, engine=None):
         self.task = task
         self.student = student
         self.lora = lora
-        self._engine = None
+        self._engine = engine
         self._baselines: dict[str, float] = {}
 
     @property
@@ -73,6 +76,13 @@ class Scorer:
         rewards = [s - base for s in scores] if getattr(self.task, "reward_is_gain", True) else scores
         return {**rec, "scores": scores, "rewards": rewards, "reward": sum(rewards) / len(rewards),
                 "timings": {"seconds": round(time.perf_counter() - t0, 3)}}
+
+
+def make_scorer(task, student: ModelSettings, lora: LoraSettings, engine=None) -> Scorer:
+    """The scorer a worker holds for `task`: the task's own `scorer_class` where it names one (adapt-student's
+    per-document absorption), else the self-edit scorer above."""
+    cls = getattr(task, "scorer_class", None) or Scorer
+    return cls(task, student, lora, engine=engine)
 
 
 def one_line(err: BaseException) -> str:

@@ -70,7 +70,7 @@ def adapt_arc(config: AdaptConfig, *, force: bool = False, progress: bool = True
     run = RunDir(config.output)
     run.check_writable()
     with removed_on_user_error(run.path):
-        run.start(config, force=force)
+        run.start(config, force=force, ignore=("executor",))
         report = finished_report(run, REPORT, force)
         if report is not None:
             return report
