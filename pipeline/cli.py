@@ -181,7 +181,11 @@ def demo_cmd(
                                          help="Run folder; rerun to resume. [default: runs/demo, runs/demo-quick]"),
     seed: Optional[list[int]] = typer.Option(None, "--seed", help="World seed; repeat it for several. [default: 0]"),
     quick: bool = typer.Option(False, "--quick", help="Only check the plumbing on random tiny models (seconds)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a ReST-EM setting of the demo."),
+    continual: bool = typer.Option(False, "--continual", help="The continual-knowledge demo: a stream of the world's "
+                                   "documents into stores of every strategy, forgetting measured."),
+    orders: int = typer.Option(8, "--orders", help="With --continual: how many seeded orders of the stream."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a ReST-EM setting of the demo "
+                                             "(with --continual: a store setting)."),
     force: bool = typer.Option(False, help="Resume even though the settings changed."),
     quiet: bool = typer.Option(False, help="No progress output."),
 ):
@@ -189,6 +193,23 @@ def demo_cmd(
     from pipeline.demo import quick_demo, summary_table, world_demo
 
     _quiet_libraries(quiet)
+    if continual:
+        from pipeline.continual import continual_demo, summary_markdown, targets_markdown
+
+        if quick:
+            raise UserError("demo: --continual and --quick are separate demos; pick one")
+        if orders < 1:
+            raise UserError("demo --orders must be at least 1")
+        seeds = seed or [0]
+        if len(seeds) != 1:
+            raise UserError("demo --continual runs on one world seed")
+        report = continual_demo(output or "runs/demo-continual", orders=list(range(orders)), seed=seeds[0],
+                                overrides=set_, progress=False)
+        typer.echo(summary_markdown(report["summary"], stream=report["stream"]) + targets_markdown(report["targets"]),
+                   nl=False)
+        typer.echo(f"output: {output or 'runs/demo-continual'} (report.json, continual.md, continual.png; "
+                   "one store per order and strategy)")
+        return
     if quick:
         output = output or "runs/demo-quick"
         report = quick_demo(output, progress=not quiet)
@@ -197,6 +218,101 @@ def demo_cmd(
     summary = world_demo(output or "runs/demo", seeds=seed or [0], overrides=set_, progress=not quiet, force=force)
     typer.echo(summary_table(summary), nl=False)
     typer.echo(f"output: {summary['output']} (report.json, demo.md, demo.png; one folder per seed)")
+
+
+@app.command("update")
+def update_cmd(
+    store: Optional[str] = typer.Option(None, "--store", help="The knowledge store folder (created by the first update)."),
+    docs: Optional[list[str]] = typer.Option(None, "--docs", help="The documents it keeps up to date: a folder, files."),
+    teacher: Optional[str] = typer.Option(None, help="Teacher model: hub id, local folder or .gguf file."),
+    student: Optional[str] = typer.Option(None, help="Student model (fixed when the store is created)."),
+    edits: Optional[str] = typer.Option(None, "--edits", help="Absorb these self-edits (JSONL {document, completion}); no teacher."),
+    questions: Optional[str] = typer.Option(None, help="JSON/JSONL probe questions {document, question, answer}."),
+    strategy: Optional[str] = typer.Option(None, help="merge (default), replay, library or joint (fixed at creation)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (e.g. configs/store_quickstart_cpu.yaml)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    wait: bool = typer.Option(False, "--wait", help="If another update holds the store, wait for it instead of exiting."),
+    quiet: bool = typer.Option(False, help="No progress output."),
+):
+    """Absorb what is new or changed in a document folder into a knowledge store; measure what it kept."""
+    from core.config import StoreConfig
+    from pipeline.store.update import update_store
+
+    flags = {"store": store, "docs": docs, "teacher.model.path": teacher, "student.model.path": student,
+             "edits.file": edits, "questions": questions, "strategy": strategy}
+    cfg = _load(StoreConfig, config, flags, set_)
+    _quiet_libraries(quiet)
+    report = update_store(cfg, wait=wait, progress=not quiet)
+    if report.get("nothing_new"):
+        typer.echo(f"{cfg.store}: nothing new ({len(report['unchanged'])} documents unchanged)")
+        return
+    from pipeline.store.update import update_markdown
+
+    typer.echo(update_markdown(report), nl=False)
+    typer.echo(f"store: {cfg.store}  (report: updates/{report['number']:04d}/report.md)")
+
+
+@app.command("status")
+def status_cmd(
+    store: str = typer.Option(..., "--store", help="The knowledge store folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+):
+    """Show a knowledge store: its documents, updates, sizes and retention history."""
+    from pipeline.store.status import status_text, store_status
+
+    s = store_status(store)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(s, indent=1))
+    else:
+        typer.echo(status_text(s), nl=False)
+
+
+@app.command("ask")
+def ask_cmd(
+    question: Optional[str] = typer.Argument(None, help="One question (else --questions FILE, else standard input)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Answer with a knowledge store's current student."),
+    run: Optional[str] = typer.Option(None, "--run", help="Answer with an adapt-student run folder's adapter(s)."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Answer with this adapter folder (with --student)."),
+    student: Optional[str] = typer.Option(None, help="The adapter's base model (with --adapter)."),
+    questions: Optional[str] = typer.Option(None, "--questions", help="A .txt (one per line) or .jsonl of questions."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per answer."),
+):
+    """Answer questions with an adapted student, saying which adapter answered and which documents it holds."""
+    from pipeline.ask import open_asker, read_questions
+
+    if question is not None and questions:
+        raise UserError("ask: give a question or --questions FILE, not both")
+    batch = [question] if question is not None else read_questions(questions) if questions else None
+    _quiet_libraries(True)
+    asker = open_asker(store=store, run=run, adapter=adapter, student=student)
+
+    def show(results):
+        import json
+
+        for r in results:
+            if as_json:
+                typer.echo(json.dumps(r, ensure_ascii=False))
+            else:
+                held = ", ".join(r["documents"][:5]) + (f" and {len(r['documents']) - 5} more" if len(r["documents"]) > 5 else "")
+                typer.echo(f"{r['answer']}\n  [{r['adapter']}" + (f"; documents: {held}" if held else "") + "]")
+
+    if batch is not None:
+        show(asker.ask(batch))
+        return
+    if sys.stdin.isatty():
+        typer.echo("Ask a question (an empty line or Ctrl-D ends):")
+        while True:
+            try:
+                line = input("> ").strip()
+            except EOFError:
+                break
+            if not line:
+                break
+            show(asker.ask([line]))
+        return
+    show(asker.ask([line.strip() for line in sys.stdin if line.strip()]))
 
 
 @app.command("merge")
@@ -250,7 +366,7 @@ def fetch_model_cmd(
 
 @app.command("config")
 def show_config(
-    command: str = typer.Argument(..., help="adapt-student or train-teacher."),
+    command: str = typer.Argument(..., help="adapt-student, train-teacher or update."),
     config: Optional[Path] = typer.Option(None, "--config", "-c"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
 ):

@@ -74,9 +74,16 @@ def load_paper_edits(path: str | Path, *, start: int = 0, count: int | None = 1,
 
 
 def load_jsonl_edits(path: str | Path, docs: list[Document], *, start: int = 0,
-                     count: int | None = 1) -> dict[str, list[str]]:
-    """Chosen completions per document of `docs`, from `{"document", "completion"}` lines."""
+                     count: int | None = 1, others: tuple[Document, ...] | list[Document] = (),
+                     skip_unknown: bool = False) -> dict[str, list[str]]:
+    """Chosen completions per document of `docs`, from `{"document", "completion"}` lines.
+
+    Lines naming one of `others` (documents the caller knows but does not want now: a store's already absorbed
+    ones) are skipped; a line naming a document in neither is an error, unless `skip_unknown` (a store's edits
+    file may hold self-edits for documents that have not reached its folder yet)."""
     path = Path(path)
+    skip_ids = {d.id for d in others} - {d.id for d in docs}
+    skip_titles = {d.title for d in others if d.title} - {d.title for d in docs if d.title}
     by_id = {d.id: d for d in docs}
     by_title: dict[str, list[Document]] = {}
     for d in docs:
@@ -88,12 +95,16 @@ def load_jsonl_edits(path: str | Path, docs: list[Document], *, start: int = 0,
         text = row.get("completion", row.get("self_edit"))
         if not isinstance(name, str) or not isinstance(text, str):
             raise UserError(f"{path}: line {line} needs \"document\" (an id or title) and \"completion\" (text)")
+        if name in skip_ids or (name not in by_id and name in skip_titles):
+            continue
         if name in by_id:
             doc = by_id[name]
         elif len(by_title.get(name, [])) == 1:
             doc = by_title[name][0]
         elif name in by_title:
             raise UserError(f"{path}: line {line}: title {name!r} names {len(by_title[name])} documents; use an id")
+        elif skip_unknown:
+            continue
         else:
             raise UserError(f"{path}: line {line}: no document {name!r} among --docs (ids or titles)")
         found.setdefault(doc.id, []).append(text)

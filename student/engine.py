@@ -468,6 +468,43 @@ class StudentEngine:
             self._newline_ids = {i for i, s in zip(vocab, pieces) if "\n" in s}
         return self._newline_ids
 
+    # --------------------------------------------------------------------------------------- stacking updates
+    def fold_adapter_state(self, state: dict, weight: float = 1.0) -> None:
+        """Add a LoRA's update (scaled by `weight`) into the base weights, in place; the live LoRA is left as it was.
+
+        What SEAL's continual recipe does by merging each adapter before training the next, without writing a model:
+        a store keeps each update's small adapter and folds them in order when it loads, which gives the merged
+        weights again, bit for bit, since the same additions run in the same order.
+        """
+        import torch
+
+        live = self.adapter_state()
+        try:
+            self.load_adapter_state(state)
+            with torch.no_grad():
+                for _, module in self._lora_modules():
+                    base = module.base_layer.weight
+                    delta = module.get_delta_weight(ADAPTER).to(torch.float32) * float(weight)
+                    base.copy_((base.to(torch.float32) + delta).to(base.dtype))
+        finally:
+            self.load_adapter_state(live)
+
+    @contextmanager
+    def adapter_disabled(self):
+        """The base weights alone (with whatever was folded into them), for as long as the block runs."""
+        with self.model.disable_adapter():
+            yield
+
+    def next_token_logprobs(self, token_ids: list[int]):
+        """Log-probabilities over the vocabulary at every position of one text (float32, on the CPU)."""
+        import torch
+
+        self.model.eval()
+        with torch.no_grad():
+            ids = torch.tensor([token_ids], device=self.device)
+            logits = self.model(input_ids=ids).logits[0, :-1]
+            return torch.log_softmax(logits.float(), dim=-1).cpu()
+
     # ---------------------------------------------------------------------------------------- persistence
     def save_adapter(self, out_dir: str | Path) -> Path:
         """Standard PEFT layout (adapter_config.json + adapter_model.safetensors), checked after writing."""

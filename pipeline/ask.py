@@ -1,0 +1,168 @@
+"""`seal-tt ask`: answer questions with an adapted student, from a store, an adapt-student run folder or an adapter.
+
+    from pipeline.ask import open_asker
+    asker = open_asker(store="store/")            # or run="runs/adapt", or adapter="adapter/", student="model"
+    asker.ask(["Where was the bridge built?"])    # [{"question", "answer", "adapter", "documents"}]
+
+Every answer says which adapter gave it and which documents that adapter holds: in a library store or a
+per-document run, a question is routed (lexically) to one adapter, and a wrong route is visible there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.config import EvalSettings, LoraSettings, ModelSettings
+from core.errors import UserError
+
+
+@dataclass
+class Asker:
+    student: object  # a StoreStudent
+    describe: dict = field(default_factory=dict)  # adapter number (or None) -> (label, documents)
+
+    def ask(self, questions: list[str]) -> list[dict]:
+        if not questions:
+            return []
+        routes = [self.student.route(q)[1] for q in questions]
+        if self.student.strategy != "library":
+            routes = [None] * len(questions)
+        answers = self.student.answer(questions, routes if self.student.strategy == "library" else None)
+        out = []
+        for q, a, r in zip(questions, answers, routes):
+            label, docs = self.describe.get(r, ("the base model alone", []))
+            out.append({"question": q, "answer": a, "adapter": label, "documents": docs})
+        return out
+
+
+def _lora_from(adapter_dir: Path) -> LoraSettings:
+    from core.adapters import adapter_config
+
+    cfg = adapter_config(adapter_dir)
+    return LoraSettings(r=int(cfg["r"]), alpha=int(cfg.get("lora_alpha", cfg["r"])), dropout=0.0,
+                        target_modules=sorted(cfg["target_modules"]))
+
+
+def _answering(ev: EvalSettings) -> EvalSettings:
+    """Answering grades nothing: a dense metric (which needs the model per question) is set aside."""
+    from dataclasses import replace
+
+    from pipeline.tasks.knowledge import DENSE_METRICS
+
+    return replace(ev, metric="contains") if ev.metric in DENSE_METRICS else ev
+
+
+def _engine(model: ModelSettings, lora: LoraSettings):
+    from student.engine import StudentEngine
+
+    return StudentEngine(model, lora)
+
+
+def open_store(path: str | Path) -> Asker:
+    from pipeline.store.layout import Store, active_documents
+    from pipeline.store.student import StoreStudent
+
+    store = Store(path)
+    manifest = store.manifest()
+    state = store.state()
+    fixed = manifest["settings"]
+    model = ModelSettings(**fixed["student.model"])
+    student = StoreStudent(_engine(model, LoraSettings(**fixed["student.lora"])), fixed["strategy"],
+                           _answering(EvalSettings(**fixed["student.eval"])))
+    student.load(store, state)
+    active = active_documents(state)
+    ids = [k.rsplit("@", 1)[0] for k in active]
+    accepted = [u for u in state["updates"] if u.get("accepted")]
+    if fixed["strategy"] == "library":
+        describe = {u["number"]: (f"update {u['number']}", [k.rsplit("@", 1)[0] for k, e in active.items()
+                                                           if e["update"] == u["number"]]) for u in accepted}
+    else:
+        label = {"joint": f"one adapter trained on all (update {accepted[-1]['number']})" if accepted else "",
+                 "merge": f"{len(accepted)} updates merged", "replay": f"{len(accepted)} updates merged"}[fixed["strategy"]]
+        describe = {None: (label, ids)} if accepted else {}
+    return Asker(student, describe)
+
+
+def open_adapter(adapter: str | Path, student_model: str, eval_settings: EvalSettings | None = None) -> Asker:
+    from core.models import check_model_reference
+    from pipeline.store.student import StoreStudent, read_state
+
+    adapter = Path(adapter)
+    check_model_reference(student_model, "student")
+    lora = _lora_from(adapter)
+    engine = _engine(ModelSettings(path=student_model), lora)
+    st = StoreStudent(engine, "joint", _answering(eval_settings or EvalSettings()))
+    st.live = read_state(engine, adapter)
+    engine.load_adapter_state(st.live)
+    return Asker(st, {None: (str(adapter), [])})
+
+
+def open_run(run: str | Path) -> Asker:
+    """An adapt-student run folder: its student, its eval settings, its adapter (or per-document adapters)."""
+    import yaml
+
+    from core.config import AdaptConfig, load_config
+    from core.rundir import read_jsonl
+    from pipeline.store.router import LexicalRouter
+    from pipeline.store.student import StoreStudent, read_state
+
+    run = Path(run)
+    cfg_file, report_file = run / "config.yaml", run / "report.json"
+    if not cfg_file.is_file() or not report_file.is_file():
+        raise UserError(f"{run} is not a finished adapt-student run folder (config.yaml and report.json expected)")
+    config: AdaptConfig = load_config(AdaptConfig, None, yaml.safe_load(cfg_file.read_text(encoding="utf-8")))
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    if report.get("task") != "knowledge":
+        raise UserError(f"{run} is not a knowledge run; `ask` answers questions about documents")
+    if report.get("mode", "joint") == "joint":
+        asker = open_adapter(run / "adapter", config.student.model.path, config.student.eval)
+        asker.describe = {None: (str(run / "adapter"), [d["id"] for d in report["per_document"]])}
+        return asker
+    ids = [d["id"] for d in report["per_document"]]
+    titles = {d["id"]: d.get("title") or "" for d in report["per_document"]}
+    folders = {i: run / "adapters" / _adapter_name(n, i) for n, i in enumerate(ids)}
+    engine = _engine(config.student.model, config.student.lora)
+    st = StoreStudent(engine, "library", _answering(config.student.eval))
+    texts: dict[str, list[str]] = {i: [titles[i]] for i in ids}
+    for rec in read_jsonl(run / "self_edits.jsonl"):
+        texts.setdefault(rec["document"], []).extend(rec.get("training_texts", []))
+    for n, i in enumerate(ids):
+        st.library[n] = read_state(engine, folders[i])
+    st.holder = {i: n for n, i in enumerate(ids)}
+    st.router = LexicalRouter({i: "\n".join(texts[i]) for i in ids})
+    return Asker(st, {n: (str(folders[i]), [i]) for n, i in enumerate(ids)})
+
+
+def _adapter_name(index: int, doc_id: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", doc_id).strip("._") or "doc"
+    return f"{index:04d}_{safe[:60]}"
+
+
+def open_asker(*, store=None, run=None, adapter=None, student=None) -> Asker:
+    given = [x for x in (store, run, adapter) if x]
+    if len(given) != 1:
+        raise UserError("ask: give exactly one of --store DIR, --run DIR or --adapter DIR (with --student MODEL)")
+    if store:
+        return open_store(store)
+    if run:
+        return open_run(run)
+    if not student:
+        raise UserError("ask --adapter needs --student MODEL (the base the adapter was trained on)")
+    return open_adapter(adapter, student)
+
+
+def read_questions(path: str | Path) -> list[str]:
+    """A .txt file (one question a line) or a .jsonl/.json of {"question": ...} objects."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"questions file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() in (".jsonl", ".json"):
+        rows = json.loads(text) if p.suffix.lower() == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
+        if not all(isinstance(r, dict) and isinstance(r.get("question"), str) for r in rows):
+            raise UserError(f"{p}: every item needs a \"question\" string")
+        return [r["question"] for r in rows]
+    return [line.strip() for line in text.splitlines() if line.strip()]
