@@ -154,3 +154,22 @@ def test_fetch_model_prints_only_the_folder_on_stdout(smollm2_gguf):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     assert len(lines) == 1 and (Path(lines[0]) / "model.safetensors").is_file(), proc.stdout
+
+
+def test_the_real_teacher_writes_probe_questions_grounded_in_the_passage(smollm2_engine):
+    """A store's teacher-written probes on SmolLM2: its answers are spans of the passage, not the prompt's example."""
+    from core.config import GenerationSettings, ProbeSettings
+    from pipeline.documents import load_documents
+    from pipeline.demo import sample_docs
+    from pipeline.store.probes import teacher_probes
+    from teacher.backends import TransformersBackend
+
+    (velmora,) = [d for d in load_documents(sample_docs()) if d.id == "velmora"]
+    backend = TransformersBackend(smollm2_engine.settings, peft_model=smollm2_engine.model,
+                                  tokenizer=smollm2_engine.tokenizer)
+    with smollm2_engine.model.disable_adapter():
+        (probes,) = teacher_probes(backend, [velmora], ProbeSettings(max_new_tokens=160), GenerationSettings(),
+                                   [0]).values()
+    assert probes, "SmolLM2 wrote no question-answer pair grounded in the passage"
+    text = velmora.text.lower()
+    assert all(q.answers[0].lower() in text and "ilmar" not in q.question.lower() for q in probes)

@@ -116,6 +116,9 @@ def test_update_absorbs_only_what_is_new_and_supersedes_a_changed_document(tiny_
 
     code, out, err = run_cli(update_args(store, docs, q, e, tiny_models["llama"]), capsys)
     assert code == 0 and "nothing new" in out and not (store / "updates/0003").exists()
+    # a scheduled update names only the store and the folder: the student and strategy are the store's
+    code, out, err = run_cli(["update", "--store", store, "--docs", docs, "--edits", e, "--quiet"], capsys)
+    assert code == 0 and "nothing new" in out, err
 
     docs, q, e = write_docs(tmp_path / "docs", ["velmora", "orrin", "kaldor"], changed=["velmora"])
     code, out, err = run_cli(update_args(store, docs, q, e, tiny_models["llama"]), capsys)

@@ -13,9 +13,15 @@ import re
 
 from pipeline.documents import Document, Question
 
-QUESTION_PROMPT = ("Write {n} short questions about the passage below, each followed by its answer in a few words, "
-                   "one pair per line, as\nQuestion: ... Answer: ...\n\n{title}\n{passage}\n")
-
+# A completion prompt with one worked example, read without a chat template: measured on SmolLM2-135M-Instruct, an
+# instruction alone ("write 5 questions ...") gave a one-line summary, and the chat template a numbered list without
+# answers; this form gave question-answer lines. The example's own pairs, and any pair whose answer the passage does
+# not contain, are dropped when parsing.
+QUESTION_PROMPT = ("Questions about a passage, each with its short answer taken from the passage.\n\n"
+                   "Passage: The Ilmar tower was built in 1650 by Jon Tesk.\n"
+                   "Question: Who built the Ilmar tower? Answer: Jon Tesk\n"
+                   "Question: When was the Ilmar tower built? Answer: 1650\n\n"
+                   "Passage: {passage}\nQuestion:")
 # "Question: ... Answer: ..." on one line or two; "Q:"/"A:" too, and the world's tokenised "Question : x Answer : y".
 _PAIR = re.compile(r"(?:^|\n)\s*(?:Q|Question)\s*[:.)-]\s*(?P<q>[^\n]+?)\s*(?:\n\s*)?(?:A|Answer)\s*[:.)-]\s*(?P<a>[^\n]+)",
                    re.IGNORECASE)
@@ -35,19 +41,31 @@ def parse_questions(text: str, limit: int | None = None) -> list[Question]:
     return out
 
 
-def question_prompt(doc: Document, n: int) -> str:
-    return QUESTION_PROMPT.format(n=n, title=doc.title, passage=doc.text)
+def question_prompt(doc: Document) -> str:
+    return QUESTION_PROMPT.format(passage=" ".join(doc.text.split()))
+
+
+def _normal(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def grounded(questions: list[Question], doc: Document) -> list[Question]:
+    """The pairs whose answer the passage itself contains (a small teacher also repeats the prompt's example)."""
+    passage = f" {_normal(doc.text)} "
+    return [q for q in questions if q.answers and f" {_normal(q.answers[0])} " in passage]
 
 
 def teacher_probes(backend, docs: list[Document], settings, generation, seeds: list[int]) -> dict[str, list[Question]]:
-    """The teacher's questions per document (greedy, so a rerun writes the same ones)."""
+    """The teacher's questions per document (greedy, so a rerun writes the same ones), grounded in the passage."""
     from dataclasses import replace
 
-    gen = replace(generation, num_samples=1, temperature=0.0, max_new_tokens=settings.max_new_tokens)
+    gen = replace(generation, num_samples=1, temperature=0.0, max_new_tokens=settings.max_new_tokens,
+                  use_chat_template="never")
     out = {}
     for doc, seed in zip(docs, seeds):
-        (samples,) = backend.sample([question_prompt(doc, settings.per_document)], gen, [seed])
-        out[doc.id] = parse_questions(samples[0].text, settings.per_document)
+        (samples,) = backend.sample([question_prompt(doc)], gen, [seed])
+        text = "Question:" + samples[0].text.split("\nPassage:")[0]
+        out[doc.id] = grounded(parse_questions(text), doc)[: settings.per_document]
     return out
 
 

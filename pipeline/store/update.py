@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from core.progress import say
 from core.rundir import append_jsonl, atomic_write_json, atomic_write_text, complete_groups
 from core.seeds import context_seed
 from pipeline.documents import Document, Question, load_documents, load_questions
-from pipeline.store.layout import Store, active_documents, now
+from pipeline.store.layout import Store, StoreBusy, active_documents, now
 from pipeline.store.metrics import forgetting_metrics, kl_bits_per_token
 from pipeline.store.probes import sample_earlier, teacher_probes
 from pipeline.store.student import STACKED, StoreStudent, scaled
@@ -100,6 +101,16 @@ def update_store(config: StoreConfig, *, wait: bool = False, progress: bool = Tr
     store = Store(config.store)
     if not store.exists:
         store.check_new_location()
+    created = not store.path.exists()
+    try:
+        return _locked_update(config, store, wait, progress)
+    except UserError:
+        if created and not store.exists and not isinstance(sys.exc_info()[1], StoreBusy):
+            shutil.rmtree(store.path, ignore_errors=True)  # a first update that failed leaves no folder behind
+        raise
+
+
+def _locked_update(config: StoreConfig, store: Store, wait: bool, progress: bool) -> dict:
     with store.locked(wait=wait):
         if not store.exists:
             from core.models import check_model_reference
@@ -111,6 +122,7 @@ def update_store(config: StoreConfig, *, wait: bool = False, progress: bool = Tr
             store.create(fixed_settings(config))
             say(f"store: created {store.path} (strategy {config.strategy})")
         manifest = store.manifest()
+        config = with_store_settings(config, manifest["settings"])
         _check_fixed(store, manifest, config)
         state = store.state()
         dropped = store.drop_uncommitted(state)
@@ -123,6 +135,23 @@ def update_store(config: StoreConfig, *, wait: bool = False, progress: bool = Tr
             return {"nothing_new": True, "store": str(store.path), **{k: plan[k] for k in
                                                                      ("unchanged", "rejected", "missing")}}
         return _run_update(config, store, state, plan, progress)
+
+
+def with_store_settings(config: StoreConfig, fixed: dict) -> StoreConfig:
+    """The store's own settings wherever this update leaves one at its default, so that a scheduled update needs
+    only `--store` and `--docs` (and the teacher): the student and strategy come from the store."""
+    from core.config import load_config
+
+    data, default = to_dict(config), fixed_settings(StoreConfig())
+    mine = fixed_settings(config)
+    for dotted, value in fixed.items():
+        if dotted in mine and mine[dotted] == default[dotted] and value != default[dotted]:
+            node = data
+            parts = dotted.split(".")
+            for part in parts[:-1]:
+                node = node[part]
+            node[parts[-1]] = value
+    return load_config(StoreConfig, None, data)
 
 
 def _check_fixed(store: Store, manifest: dict, config: StoreConfig) -> None:
@@ -247,10 +276,12 @@ def _run_update(config: StoreConfig, store: Store, state: dict, plan: dict, prog
     new_state = json.loads(json.dumps(state))
     entry = {"number": number, "finished": now(), "accepted": accepted, "decision": decision, "scale": scale,
              "documents": keys, "new": plan["new"], "changed": plan["changed"],
-             "sequences": len(texts), "replayed": replayed, "steps": stats.steps,
+             "sequences": len(texts), "replayed": replayed, "sequences_split": split, "steps": stats.steps,
              "final_loss": stats.final_loss, "drift_bits_per_token": drift,
              "retention_before": _macro(before_items), "retention_after": _macro(after_items),
              "drop": drop, "gate_tries": tries, "probed_earlier": len(sample), "earlier": len(earlier),
+             "unmeasured": [doc.id for doc in docs if not probes[doc.id]],
+             "teacher_probes": [doc.id for doc in docs if probes[doc.id] and not doc.questions],
              "timings": {k: round(v, 3) for k, v in timings.items()}}
     staged = pending / "staged"
     shutil.rmtree(staged, ignore_errors=True)
@@ -510,7 +541,10 @@ def _fmt(x) -> str:
 def update_markdown(entry: dict) -> str:
     m = entry["metrics"]
     lines = [f"# Update {entry['number']} ({entry['decision']})", "",
-             f"- documents: {len(entry['new'])} new, {len(entry['changed'])} changed",
+             f"- documents: {len(entry['new'])} new, {len(entry['changed'])} changed"
+             + (f"; probes written by the teacher for {len(entry['teacher_probes'])}" if entry.get("teacher_probes") else "")
+             + (f"; {len(entry['unmeasured'])} with no probe (absorbed unmeasured: {', '.join(entry['unmeasured'][:5])})"
+                if entry.get("unmeasured") else ""),
              f"- training: {entry['sequences']} sequences ({entry['replayed']} replayed), {entry['steps']} steps",
              f"- earlier probes ({entry['probed_earlier']} of {entry['earlier']} documents): "
              f"{_fmt(entry['retention_before'])} -> {_fmt(entry['retention_after'])}",
