@@ -152,9 +152,11 @@ def summary_markdown(summary: dict, *, stream: str, reference: str = "merge") ->
                      f"{_ci(row['backward_transfer'])} | {_ci(row['gain_kept'])} | {_ci(row['drift'])} | "
                      f"{row['mb_per_document']:.3f} | {row['seconds_per_stream']:.0f} | {gate} |")
     lib = summary.get("library")
-    if lib and lib.get("oracle_retention"):
+    if lib and lib.get("oracle_retention") is not None:
         lines += ["", f"library routing: actual retention {_ci(lib['retention'])}, oracle routing "
-                      f"{_ci(lib['oracle_retention'])}: actual keeps {lib['routing_kept']:.1%} of the oracle's"]
+                      f"{_ci(lib['oracle_retention'])}: actual keeps "
+                      + (f"{lib['routing_kept']:.1%} of the oracle's" if lib.get("routing_kept") is not None
+                         else "- (the oracle keeps nothing)")]
     return "\n".join(lines) + "\n"
 
 
@@ -236,13 +238,13 @@ def world_base_settings(wm) -> dict:
 
 def continual_demo(output: str | Path = "runs/demo-continual", *, docs: int = 32, per_update: int = 4,
                    orders: list[int] | None = None, seed: int = 0, overrides: list[str] | None = None,
-                   cache=None, progress: bool = False) -> dict:
+                   cache=None, recipe=None, progress: bool = False) -> dict:
     from core.config import parse_override
     from pipeline.demo import cache_dir
     from pipeline.world import build_world_models
 
     orders = orders or list(range(8))
-    wm = build_world_models(Path(cache or cache_dir()).expanduser(), seed, log=say)
+    wm = build_world_models(Path(cache or cache_dir()).expanduser(), seed, recipe, log=say)
     stream, edits = world_stream(wm, docs)
     base = world_base_settings(wm)
     for item in overrides or []:
