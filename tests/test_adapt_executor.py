@@ -7,6 +7,7 @@ cluster (2 CPUs, fractional-CPU workers, a small object store) as tests/test_exe
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -249,6 +250,8 @@ def test_executor_settings_are_checked_before_anything_loads(tiny_models, data, 
 def cluster():
     ray = pytest.importorskip("ray", reason="the Ray test needs the ray extra (pip install 'seal-tt[ray]')")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # Ray starts workers at nice 15: on a CI machine busy with other jobs they would get the CPU last and crawl.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=2, object_store_memory=80 * 2**20, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield ray

@@ -31,6 +31,8 @@ RAY = dict(kind="ray", cpus_per_worker=0.5, threads_per_worker=1, max_tries=2, m
 def cluster():
     # Test tasks below are pickled by value: worker processes need not import this test module.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # Ray starts workers at nice 15: on a CI machine busy with other jobs they would get the CPU last and crawl.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=2, object_store_memory=80 * 2**20, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield

@@ -360,16 +360,17 @@ def test_the_gate_rejects_a_document_that_contradicts_what_the_store_knows(defau
 
     line = {"id": person.id, "title": person.title, "text": person.text,
             "questions": [{"question": x.question, "answers": list(x.answers)} for x in person.questions]}
-    edit_lines = [{"document": person.id, "completion": edits[person.id][0]}]
-    # The poison: a second document about the same person, every fact swapped for another person's.
+    edit_lines = [{"document": person.id, "completion": e} for e in edits[person.id]]
+    # The poison: a second document about the same person, every fact swapped for another person's (each answer
+    # is one word of the world's vocabulary).
     other = docs[1]
     swap = dict(zip([x.answers[0] for x in person.questions], [x.answers[0] for x in other.questions]))
-    poison_edit = edits[person.id][0]
-    for a, b in swap.items():
-        poison_edit = poison_edit.replace(f" {a} ", f" {b} ")
-    poison = {"id": "poison", "title": person.title, "text": poison_edit.replace("\n", " "),
+    poisoned = ["\n".join(" ".join(swap.get(w, w) for w in line.split()) for line in e.splitlines())
+                for e in edits[person.id]]
+    assert all(p != e for p, e in zip(poisoned, edits[person.id]))
+    poison = {"id": "poison", "title": person.title, "text": " ".join(poisoned[-1].splitlines()),
               "questions": [{"question": x.question, "answers": [swap[x.answers[0]]]} for x in person.questions]}
-    edit_lines.append({"document": "poison", "completion": poison_edit})
+    edit_lines += [{"document": "poison", "completion": e} for e in poisoned]
     (tmp_path / "edits.jsonl").write_text("".join(json.dumps(x) + "\n" for x in edit_lines))
     base = _deep_merge(world_base_settings(default_world), {
         "store": str(tmp_path / "store"), "docs": [str(folder / "docs.jsonl")], "edits": {"file": str(tmp_path / "edits.jsonl")},
