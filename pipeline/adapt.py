@@ -517,14 +517,20 @@ def _unit_key(rec: dict) -> str:
 
 
 def write_self_edits(config: AdaptConfig, docs: list[Document], path: Path, *, engine=None, progress=True,
-                     plan: AdaptPlan | None = None) -> list[dict]:
-    """Sample k self-edits per passage, appending each finished passage's lines; resumes from what is there."""
+                     plan: AdaptPlan | None = None, teacher=None) -> list[dict]:
+    """Sample k self-edits per passage, appending each finished passage's lines; resumes from what is there.
+
+    `teacher`: a callable giving an already open (backend, adapter_off), for a caller that samples more than
+    self-edits from one loaded teacher; called only when something is left to sample."""
     k = config.teacher.generation.num_samples
     done = complete_groups(path, _unit_key, k)
     todo = [(d, p) for d, p in units(docs, plan) if p.id not in done]
     if todo:
         prompts = dict(zip([p.id for _, p in todo], knowledge.teacher_prompts([p for _, p in todo], config.self_edit)))
-        with teacher_backend(config, engine) as (backend, adapter_off):
+        from contextlib import nullcontext
+
+        opened = nullcontext(teacher()) if teacher is not None else teacher_backend(config, engine)
+        with opened as (backend, adapter_off):
             for parent, doc in progress_bar(todo, desc="teacher: writing self-edits", enabled=progress):
                 seed = context_seed(config.seed, "teacher", doc.id)
                 with adapter_off():
@@ -549,12 +555,14 @@ def write_self_edits(config: AdaptConfig, docs: list[Document], path: Path, *, e
     return [rec for _, p in units(docs, plan) for rec in done[p.id]]
 
 
+def adapter_name(index: int, doc_id: str) -> str:
+    """The folder name of a per-document adapter: `adapters/<index>_<safe id>/`."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", doc_id).strip("._") or "doc"
+    return f"{index:04d}_{safe[:60]}"
+
+
 def _adapter_names(docs: list[Document]) -> dict[str, str]:
-    names = {}
-    for i, d in enumerate(docs):
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", d.id).strip("._") or "doc"
-        names[d.id] = f"{i:04d}_{safe[:60]}"
-    return names
+    return {d.id: adapter_name(i, d.id) for i, d in enumerate(docs)}
 
 
 def _stats(stats) -> dict:

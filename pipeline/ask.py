@@ -11,7 +11,6 @@ per-document run, a question is routed (lexically) to one adapter, and a wrong r
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +26,7 @@ class Asker:
     def ask(self, questions: list[str]) -> list[dict]:
         if not questions:
             return []
-        routes = [self.student.route(q)[1] for q in questions]
-        if self.student.strategy != "library":
-            routes = [None] * len(questions)
+        routes = [self.student.route(q)[1] for q in questions]  # all None but for a library
         answers = self.student.answer(questions, routes if self.student.strategy == "library" else None)
         out = []
         for q, a, r in zip(questions, answers, routes):
@@ -106,8 +103,9 @@ def open_run(run: str | Path) -> Asker:
 
     from core.config import AdaptConfig, load_config
     from core.rundir import read_jsonl
+    from pipeline.adapt import adapter_name
     from pipeline.store.router import LexicalRouter
-    from pipeline.store.student import StoreStudent, read_state
+    from pipeline.store.student import StoreStudent, read_state, routing_text
 
     run = Path(run)
     cfg_file, report_file = run / "config.yaml", run / "report.json"
@@ -123,22 +121,18 @@ def open_run(run: str | Path) -> Asker:
         return asker
     ids = [d["id"] for d in report["per_document"]]
     titles = {d["id"]: d.get("title") or "" for d in report["per_document"]}
-    folders = {i: run / "adapters" / _adapter_name(n, i) for n, i in enumerate(ids)}
+    folders = {i: run / "adapters" / adapter_name(n, i) for n, i in enumerate(ids)}
     engine = _engine(config.student.model, config.student.lora)
     st = StoreStudent(engine, "library", _answering(config.student.eval))
-    texts: dict[str, list[str]] = {i: [titles[i]] for i in ids}
+    texts: dict[str, list[str]] = {i: [] for i in ids}
     for rec in read_jsonl(run / "self_edits.jsonl"):
         texts.setdefault(rec["document"], []).extend(rec.get("training_texts", []))
     for n, i in enumerate(ids):
         st.library[n] = read_state(engine, folders[i])
     st.holder = {i: n for n, i in enumerate(ids)}
-    st.router = LexicalRouter({i: "\n".join(texts[i]) for i in ids})
+    # The run keeps no copy of its documents: routing reads the titles and the self-edits (which restate them).
+    st.router = LexicalRouter({i: routing_text(titles[i], "", texts[i]) for i in ids})
     return Asker(st, {n: (str(folders[i]), [i]) for n, i in enumerate(ids)})
-
-
-def _adapter_name(index: int, doc_id: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", doc_id).strip("._") or "doc"
-    return f"{index:04d}_{safe[:60]}"
 
 
 def open_asker(*, store=None, run=None, adapter=None, student=None) -> Asker:

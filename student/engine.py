@@ -489,6 +489,17 @@ class StudentEngine:
         finally:
             self.load_adapter_state(live)
 
+    def base_weights(self) -> dict:
+        """A copy of the base weights under the LoRA layers (what `fold_adapter_state` changes)."""
+        return {name: m.base_layer.weight.detach().clone() for name, m in self._lora_modules()}
+
+    def restore_base_weights(self, weights: dict) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name, m in self._lora_modules():
+                m.base_layer.weight.copy_(weights[name])
+
     @contextmanager
     def adapter_disabled(self):
         """The base weights alone (with whatever was folded into them), for as long as the block runs."""

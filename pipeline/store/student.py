@@ -25,6 +25,11 @@ def scaled(state: dict, scale: float) -> dict:
     return {k: (v * scale if "lora_B" in k else v) for k, v in state.items()}
 
 
+def routing_text(title: str, text: str, training_texts: list[str]) -> str:
+    """What the router matches a question against: a document with its self-edits."""
+    return "\n".join([title, text, *training_texts])
+
+
 def read_state(engine, adapter_dir: Path) -> dict:
     from core.adapters import read_adapter_state
 
@@ -72,15 +77,20 @@ class StoreStudent:
             self.set_router(state, store)
         self.engine.load_adapter_state(self.live or zero)
 
-    def set_router(self, state: dict, store) -> None:
+    def set_router(self, state: dict, store, *, superseded=frozenset(), staged: dict[str, str] | None = None,
+                   number: int | None = None) -> None:
+        """Route over the current documents the library holds; `staged` (key -> text) adds an uncommitted update's
+        documents under adapter `number`, and `superseded` leaves out the versions it replaces."""
         from pipeline.store.layout import active_documents
 
         texts, self.holder = {}, {}
         for key, entry in active_documents(state).items():
-            if entry.get("update") in self.library:
+            if key not in superseded and entry.get("update") in self.library:
                 doc = store.read_document(key)
-                texts[key] = "\n".join([doc["title"], doc["text"], *doc.get("training_texts", [])])
+                texts[key] = routing_text(doc["title"], doc["text"], doc.get("training_texts", []))
                 self.holder[key] = entry["update"]
+        for key, text in (staged or {}).items():
+            texts[key], self.holder[key] = text, number
         self.router = LexicalRouter(texts)
 
     # --------------------------------------------------------------------------------------------- answers

@@ -24,6 +24,7 @@ import json
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from core.config import AdaptConfig, StoreConfig, STORE_FIXED, check_ranges, to_dict
@@ -35,7 +36,7 @@ from pipeline.documents import Document, Question, load_documents, load_question
 from pipeline.store.layout import Store, StoreBusy, active_documents, now
 from pipeline.store.metrics import forgetting_metrics, kl_bits_per_token
 from pipeline.store.probes import sample_earlier, teacher_probes
-from pipeline.store.student import STACKED, StoreStudent, scaled
+from pipeline.store.student import STACKED, StoreStudent, routing_text, scaled
 
 EDITS = "edits.jsonl"
 PROBES = "probes.jsonl"
@@ -193,8 +194,18 @@ def _run_update(config: StoreConfig, store: Store, state: dict, plan: dict, prog
 
     t0 = time.perf_counter()
     acfg = adapt_view(config, pending)
-    records, text_plan = _self_edits(config, acfg, docs, pending, progress)
-    probes = _probes(config, docs, pending)
+    with ExitStack() as stack:  # one teacher load for self-edits and probes, freed before the student loads
+        opened: list = []
+
+        def teacher():
+            if not opened:
+                from pipeline.sampling import teacher_backend
+
+                opened.append(stack.enter_context(teacher_backend(config)))
+            return opened[0]
+
+        records, text_plan = _self_edits(config, acfg, docs, pending, progress, teacher)
+        probes = _probes(config, docs, pending, teacher)
     timings["teacher_seconds"] = time.perf_counter() - t0
 
     from pipeline.adapt import training_texts_by_document
@@ -240,17 +251,21 @@ def _run_update(config: StoreConfig, store: Store, state: dict, plan: dict, prog
                            every_steps=tr.checkpoint_steps)
     say(f"store: update {number}: training on {len(texts)} sequences ({len(texts) - replayed} new"
         + (f", {replayed} replayed" if replayed else "") + f"), strategy {config.strategy}")
-    current_weights = _snapshot(engine) if config.strategy in STACKED else None
+    current_weights = engine.base_weights() if config.strategy in STACKED else None
     engine.reset(seed=seed)
     stats = engine.train_texts(texts, tr, seed=seed, progress=progress, checkpoint=ckpt)
     trained = engine.adapter_state()
     timings["train_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    routed = {key: "\n".join([doc.title, doc.text, *texts_by_doc[doc.id]]) for doc, _, key in plan["absorb"]}
+    if config.strategy == "library":  # the router sees the new documents through what this update staged
+        student.library[number] = trained
+        student.set_router(state, store, superseded=superseded, number=number,
+                           staged={key: routing_text(doc.title, doc.text, texts_by_doc[doc.id])
+                                   for doc, _, key in plan["absorb"]})
     scale, tries = 1.0, []
     while True:
-        _apply(student, engine, trained, scale, number, current_weights, state, store, routed, superseded)
+        _apply(student, engine, trained, scale, number, current_weights)
         after_new = _items(new_probes, student.score(new_probes))
         after_items = _items(earlier_probes, student.score(earlier_probes))
         drop = _drop(before_items, after_items)
@@ -312,7 +327,8 @@ def _run_update(config: StoreConfig, store: Store, state: dict, plan: dict, prog
 
 
 # ------------------------------------------------------------------------------------------------- the pieces
-def _self_edits(config: StoreConfig, acfg: AdaptConfig, docs: list[Document], pending: Path, progress: bool):
+def _self_edits(config: StoreConfig, acfg: AdaptConfig, docs: list[Document], pending: Path, progress: bool,
+                teacher):
     from pipeline.adapt import write_given_edits, write_self_edits
     from pipeline.plan import plan_adaptation
 
@@ -333,10 +349,10 @@ def _self_edits(config: StoreConfig, acfg: AdaptConfig, docs: list[Document], pe
 
     check_model_reference(config.teacher.model.path, "teacher", allow_adapter=True)
     text_plan = plan_adaptation(acfg, docs, with_teacher=True, say=say)
-    return write_self_edits(acfg, docs, pending / EDITS, progress=progress, plan=text_plan), text_plan
+    return write_self_edits(acfg, docs, pending / EDITS, progress=progress, plan=text_plan, teacher=teacher), text_plan
 
 
-def _probes(config: StoreConfig, docs: list[Document], pending: Path) -> dict[str, list[Question]]:
+def _probes(config: StoreConfig, docs: list[Document], pending: Path, teacher) -> dict[str, list[Question]]:
     """Each new document's probes: its own questions, else the teacher's (resumable: one line per document)."""
     out = {d.id: list(d.questions) for d in docs if d.questions}
     want = [d for d in docs if not d.questions]
@@ -347,15 +363,13 @@ def _probes(config: StoreConfig, docs: list[Document], pending: Path) -> dict[st
             out[d.id] = [Question(q["question"], tuple(q["answers"])) for q in done[d.id][0]["questions"]]
     todo = [d for d in want if d.id not in out]
     if todo and config.probes.teacher_questions and config.teacher.model.path:
-        from pipeline.sampling import teacher_backend
-
-        with teacher_backend(config) as (backend, _):
-            for d in todo:
-                (qs,) = teacher_probes(backend, [d], config.probes, config.teacher.generation,
-                                       [context_seed(config.seed, "probes", d.id)]).values()
-                append_jsonl(path, {"document": d.id, "questions": [{"question": q.question,
-                                                                     "answers": list(q.answers)} for q in qs]})
-                out[d.id] = qs
+        backend, _ = teacher()
+        for d in todo:
+            (qs,) = teacher_probes(backend, [d], config.probes, config.teacher.generation,
+                                   [context_seed(config.seed, "probes", d.id)]).values()
+            append_jsonl(path, {"document": d.id, "questions": [{"question": q.question,
+                                                                 "answers": list(q.answers)} for q in qs]})
+            out[d.id] = qs
     for d in docs:
         out.setdefault(d.id, [])
     blind = [d.id for d in docs if not out[d.id]]
@@ -385,41 +399,17 @@ def _training_set(config, store, state, texts_by_doc, docs, superseded, number) 
     return new + replay, len(replay)
 
 
-def _snapshot(engine) -> dict:
-    return {name: m.base_layer.weight.detach().clone() for name, m in engine._lora_modules()}
-
-
-def _restore(engine, snapshot: dict) -> None:
-    import torch
-
-    with torch.no_grad():
-        for name, m in engine._lora_modules():
-            m.base_layer.weight.copy_(snapshot[name])
-
-
-def _apply(student: StoreStudent, engine, trained: dict, scale: float, number: int, current_weights, state: dict,
-           store: Store, routed: dict[str, str], superseded: set[str]) -> None:
+def _apply(student: StoreStudent, engine, trained: dict, scale: float, number: int, current_weights) -> None:
     """Put the student in the state it will have once this update is committed at `scale`."""
     if student.strategy in STACKED:
-        _restore(engine, current_weights)
+        engine.restore_base_weights(current_weights)
         engine.fold_adapter_state(trained, scale)
         engine.load_adapter_state(student.zero)
     elif student.strategy == "joint":
         student.live = scaled(trained, scale)
         engine.load_adapter_state(student.live)
     else:
-        from pipeline.store.router import LexicalRouter
-
         student.library[number] = scaled(trained, scale)
-        texts, holder = {}, {}
-        for key, entry in active_documents(state).items():
-            if key not in superseded and entry["update"] in student.library:
-                doc = store.read_document(key)
-                texts[key] = "\n".join([doc["title"], doc["text"], *doc.get("training_texts", [])])
-                holder[key] = entry["update"]
-        for key, text in routed.items():  # the new documents, from what this update staged
-            texts[key], holder[key] = text, number
-        student.router, student.holder = LexicalRouter(texts), holder
 
 
 def _drift_ids(engine, config: StoreConfig) -> list[int]:
