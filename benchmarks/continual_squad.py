@@ -96,7 +96,7 @@ def final_scores(store: Path) -> tuple[dict[str, float], dict[str, int], dict[st
 
 
 def cmd_report(args) -> None:
-    from pipeline.store.metrics import bootstrap_mean, paired_bootstrap
+    from pipeline.stats import bootstrap_mean, paired_bootstrap
     from pipeline.store.status import store_status
 
     run = Path(args.run)

@@ -80,7 +80,7 @@ class ModelSettings:
 
 @dataclass
 class EvalSettings:
-    """How the student answers questions: greedy, batched, first line of the completion."""
+    """How the student answers questions: greedy, batched, a line or a whole turn of the completion."""
 
     max_new_tokens: int = 64
     batch_size: int = 16
@@ -90,6 +90,16 @@ class EvalSettings:
     # compares with that of the document's other answers (pipeline.tasks.knowledge.dense_scores).
     metric: Literal["exact_match", "token_f1", "contains", "llm_judge", "answer_rank", "answer_margin"] = "token_f1"
     judge_model: str | None = None
+    # How much of a reply is the answer. line: up to the first newline (students trained on one-line answers, such
+    # as the synthetic world's); turn: the whole assistant turn under max_new_tokens, for chat models, whose replies
+    # may open with a preamble ("The answer to this question is:") and answer on the next line. auto: turn when
+    # the student answers through a chat template, else line.
+    answer_until: Literal["auto", "line", "turn"] = "auto"
+    # Also answer each question with the passage in the prompt, the adapter off: the open-book ceiling, and the
+    # share of it the closed-book answers reach (report.json's "ceiling").
+    open_book: bool = False
+    open_book_prompt: str = ("Answer the question with a short answer, using the passage.\nPassage: {passage}\n"
+                             "Question: {question}\nAnswer:")
 
 
 @dataclass
@@ -109,7 +119,9 @@ class SelfEditSettings:
     # implications | long_implications | very_long_implications | implications_cot | rewrite | self_qa | no_prompt,
     # an inline template, or a path to a text file with {title} and {passage}
     prompt: str = "implications"
-    split: Literal["lines", "blocks", "whole"] = "lines"
+    # lines: one sequence per line; blocks: per blank-line-separated block; qa: per question-answer pair (a block
+    # that opens with "Answer" joins the question before it, whichever way the pairs are spaced); whole: one.
+    split: Literal["lines", "blocks", "qa", "whole"] = "lines"
     prefix_title: bool = True
     include_passage: bool = True
     min_chars: int = 8

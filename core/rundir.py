@@ -168,7 +168,8 @@ class RunDir:
             new = to_dict(config)
             # A run folder that was moved or copied is the same run: where it lives is not one of its settings
             # (checkpoints inside it are found relative to it).
-            diff = _diff(old, new, ignore=("output", *ignore))
+            # A setting added since the run was made, at its default, is no change: the run resumes.
+            diff = _diff(old, new, ignore=("output", *ignore), defaults=to_dict(type(config)()))
             if diff and not force:
                 shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
                 raise UserError(
@@ -183,17 +184,20 @@ class RunDir:
         return False
 
 
-def _diff(old, new, prefix="", ignore=()) -> list[str]:
+def _diff(old, new, prefix="", ignore=(), defaults=None) -> list[str]:
     out = []
     keys = set(old) | set(new) if isinstance(old, dict) and isinstance(new, dict) else None
     if keys is None:
         return [] if old == new or prefix.rstrip(".") in ignore else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+    defaults = defaults if isinstance(defaults, dict) else {}
     for k in sorted(keys):
         key = f"{prefix}{k}"
         if key in ignore:
             continue
+        if k not in old and k in defaults and new.get(k) == defaults[k]:
+            continue
         if isinstance(old.get(k), dict) and isinstance(new.get(k), dict):
-            out += _diff(old[k], new[k], key + ".", ignore)
+            out += _diff(old[k], new[k], key + ".", ignore, defaults.get(k))
         elif old.get(k) != new.get(k):
             out.append(f"{key}: {old.get(k)!r} -> {new.get(k)!r}")
     return out

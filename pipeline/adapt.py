@@ -197,6 +197,7 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool,
     t0 = time.perf_counter()
     before = knowledge.evaluate(engine, docs, ev, grader)
     timings["eval_before_seconds"] = time.perf_counter() - t0
+    open_book = knowledge.evaluate(engine, docs, ev, grader, open_book=True) if ev.open_book else None
 
     after: list = []
     train_stats = []
@@ -247,6 +248,13 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool,
         timings["train_and_eval_seconds"] = time.perf_counter() - t0
 
     report = _report(config, reported, edits, before, after, train_stats, timings)
+    if open_book is not None:
+        from pipeline.tasks.ceiling import ceiling_report
+
+        kept = {d.id for d in reported}
+        open_book = [r for r in open_book if r.document in kept]
+        report["open_book"] = knowledge.summarize(open_book)
+        report["ceiling"] = ceiling_report(after, open_book)
     if plan is not None:
         report["passages"] = plan.summary()
         report["sequences_split"] = sequences_split

@@ -104,7 +104,7 @@ def _f(x) -> str:
 
 def summarize(results: dict, reference: str = "merge") -> dict:
     """Per strategy: mean metrics with bootstrap 95% intervals over orders, and paired differences to `reference`."""
-    from pipeline.store.metrics import bootstrap_mean, paired_bootstrap
+    from pipeline.stats import bootstrap_mean, paired_bootstrap
 
     names = ("acquisition", "retention", "backward_transfer", "gain_kept", "final_accuracy")
     out: dict = {}

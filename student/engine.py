@@ -424,11 +424,27 @@ class StudentEngine:
         return outputs
 
     def answer(self, questions: list[str], *, qa_prompt: str, use_chat_template="auto", max_new_tokens=64,
-               batch_size=16) -> list[str]:
-        prompts = [qa_prompt.format(question=q) for q in questions]
+               batch_size=16, until: str = "line") -> list[str]:
+        return self.reply([qa_prompt.format(question=q) for q in questions], use_chat_template=use_chat_template,
+                          max_new_tokens=max_new_tokens, batch_size=batch_size, until=until)
+
+    def reply_until(self, use_chat_template="auto", until: str = "auto") -> str:
+        """What `reply` reads for these settings: "line" or "turn"."""
+        if until == "auto":
+            return "turn" if use_chat(self.tokenizer, use_chat_template) else "line"
+        if until not in ("line", "turn"):
+            raise ValueError(f"until must be auto, line or turn, not {until!r}")
+        return until
+
+    def reply(self, prompts: list[str], *, use_chat_template="auto", max_new_tokens=64, batch_size=16,
+              until: str = "line") -> list[str]:
+        """Greedy replies to whole prompts. `until`: "line" keeps the first line; "turn" the whole reply up to the
+        end of the turn (or max_new_tokens), its lines joined by spaces; "auto" is "turn" for a prompt given
+        through a chat template, else "line"."""
+        until = self.reply_until(use_chat_template, until)
         raw = self.generate(self.encode_prompts(prompts, use_chat_template), max_new_tokens=max_new_tokens,
-                            batch_size=batch_size)
-        return [first_line(r) for r in raw]
+                            batch_size=batch_size, stop_at_newline=until == "line")
+        return [first_line(r) if until == "line" else whole_turn(r) for r in raw]
 
     def continuation_logprobs(self, prompt_ids: list[list[int]], continuations: list[str], *,
                               batch_size: int = 16) -> list[tuple[float, int]]:
@@ -551,6 +567,11 @@ class _StopOnTokens:
 def first_line(text: str) -> str:
     text = text.strip()
     return text.splitlines()[0].strip() if text else ""
+
+
+def whole_turn(text: str) -> str:
+    """A reply read to its end, its lines joined: a preamble line ("The answer is:") keeps the answer after it."""
+    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
 
 
 def _schedule(settings: TrainSettings, total: int):

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from core.rundir import append_jsonl, complete_groups, read_jsonl
 
 
@@ -27,3 +29,22 @@ def test_complete_groups_removes_a_torn_last_line_even_when_every_group_is_whole
 def test_complete_groups_of_a_missing_file_is_empty_and_writes_nothing(tmp_path):
     assert complete_groups(tmp_path / "none.jsonl", "context", 3) == {}
     assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_a_run_made_before_a_setting_existed_resumes_while_the_setting_is_at_its_default(tmp_path):
+    import yaml
+
+    from core.config import AdaptConfig, dump_yaml, load_config
+    from core.errors import UserError
+    from core.rundir import CONFIG_NAME, RunDir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    old = yaml.safe_load(dump_yaml(AdaptConfig(output=str(run))))
+    del old["student"]["eval"]["answer_until"]  # as written by a version without the setting
+    (run / CONFIG_NAME).write_text(yaml.safe_dump(old))
+    assert RunDir(run).start(AdaptConfig(output=str(run))) is True
+    (run / CONFIG_NAME).write_text(yaml.safe_dump(old))
+    changed = load_config(AdaptConfig, overrides=[f"output={run}", "student.eval.answer_until=line"])
+    with pytest.raises(UserError, match="answer_until"):
+        RunDir(run).start(changed)

@@ -60,20 +60,3 @@ def kl_bits_per_token(base_logprobs, student_logprobs) -> float:
     return float(kl.mean()) / math.log(2) if kl.numel() else 0.0
 
 
-def bootstrap_mean(values: list[float], *, resamples: int = 10_000, seed: int = 0) -> dict:
-    """The mean with a percentile 95% bootstrap interval over the units (orders, passages)."""
-    import random
-
-    if not values:
-        raise ValueError("bootstrap_mean needs at least one value")
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choice(values) for _ in values) / len(values) for _ in range(resamples))
-    return {"mean": sum(values) / len(values), "low": means[int(0.025 * resamples)],
-            "high": means[int(0.975 * resamples) - 1], "n": len(values)}
-
-
-def paired_bootstrap(a: list[float], b: list[float], *, resamples: int = 10_000, seed: int = 0) -> dict:
-    """Mean of a - b over paired units with a percentile 95% bootstrap interval."""
-    if len(a) != len(b) or not a:
-        raise ValueError("paired_bootstrap needs two equal-length, non-empty lists")
-    return bootstrap_mean([x - y for x, y in zip(a, b)], resamples=resamples, seed=seed)

@@ -97,7 +97,7 @@ class StoreStudent:
     def _answer(self, questions: list[str]) -> list[str]:
         ev = self.eval
         return self.engine.answer(questions, qa_prompt=ev.qa_prompt, use_chat_template=ev.use_chat_template,
-                                  max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+                                  max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, until=ev.answer_until)
 
     def route(self, question: str) -> tuple[str | None, int | None]:
         """(document key, update number) the question goes to (library); (None, None) for one-adapter students."""

@@ -54,6 +54,8 @@ def split_self_edit_report(completion: str, settings: SelfEditSettings) -> tuple
         pieces = [completion]
     elif settings.split == "blocks":
         pieces = re.split(r"\n\s*\n", completion)
+    elif settings.split == "qa":
+        pieces = _qa_pairs(completion)
     else:
         pieces = [_LIST_MARKER.sub("", line) for line in completion.splitlines()]
     kept = [p.strip() for p in pieces if len(p.strip()) >= settings.min_chars]
@@ -64,6 +66,24 @@ def split_self_edit_report(completion: str, settings: SelfEditSettings) -> tuple
     report = {"sequences": len(kept), "dropped_over_cap": dropped, "reasoning_stripped": stripped,
               "marker_missing": missing}
     return kept, report
+
+
+_ANSWER_START = re.compile(r"^\s*(?:\*\*)?A(?:nswer)?\s*\d*\s*(?:\*\*)?\s*[:.)]", re.IGNORECASE)
+
+
+def _qa_pairs(completion: str) -> list[str]:
+    """Question-answer pairs, each one sequence: blocks split on blank lines, an answer block joined to the question
+    block before it (writers put the blank line between a question and its answer, or only between pairs)."""
+    pairs: list[str] = []
+    for block in (b.strip() for b in re.split(r"\n\s*\n", completion.strip())):
+        if not block:
+            continue
+        answered = pairs and any(_ANSWER_START.match(line) for line in pairs[-1].splitlines())
+        if pairs and _ANSWER_START.match(block) and not answered:
+            pairs[-1] = f"{pairs[-1]}\n{block}"
+        else:
+            pairs.append(block)
+    return pairs
 
 
 def split_self_edit(completion: str, settings: SelfEditSettings) -> list[str]:
@@ -193,22 +213,28 @@ class Grader:
         return primary, metrics
 
 
-def evaluate(engine, docs: list[Document], settings: EvalSettings, grader: Grader) -> list[QuestionResult]:
-    """Ask the student every question of `docs` (closed book) and grade the answers."""
+def evaluate(engine, docs: list[Document], settings: EvalSettings, grader: Grader, *,
+             open_book: bool = False) -> list[QuestionResult]:
+    """Ask the student every question of `docs` and grade the answers: closed book, or with `open_book` the
+    document's passage in the prompt (`settings.open_book_prompt`; the caller turns the adapter off for the
+    ceiling). Dense metrics are closed-book only."""
     items = [(d, q) for d in docs for q in d.questions]
     if not items:
         return []
     questions = [q.question for _, q in items]
     refs = [list(q.answers) for _, q in items]
-    preds = engine.answer(
-        questions,
-        qa_prompt=settings.qa_prompt,
-        use_chat_template=settings.use_chat_template,
-        max_new_tokens=settings.max_new_tokens,
-        batch_size=settings.batch_size,
-    )
+    if open_book:
+        prompts = [settings.open_book_prompt.format(passage=with_title(d, d.text, _TITLED), question=q.question)
+                   for d, q in items]
+    else:
+        prompts = [settings.qa_prompt.format(question=q) for q in questions]
+    preds = engine.reply(prompts, use_chat_template=settings.use_chat_template,
+                         max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+                         until=settings.answer_until)
     primary, metrics = grader(questions, preds, refs)
-    if grader.dense:
+    if engine.reply_until(settings.use_chat_template, settings.answer_until) == "turn":
+        metrics["preamble_only"] = [float(is_preamble_only(p)) for p in preds]
+    if grader.dense and not open_book:
         dense = dense_scores(engine, docs, settings)
         for name in ("answer_logprob", *DENSE_METRICS):
             metrics[name] = [float("nan") if s[name] is None else s[name] for s in dense]
@@ -217,6 +243,15 @@ def evaluate(engine, docs: list[Document], settings: EvalSettings, grader: Grade
         QuestionResult(d.id, q.question, list(q.answers), p, float(s), {k: float(v[i]) for k, v in metrics.items()})
         for i, ((d, q), p, s) in enumerate(zip(items, preds, primary))
     ]
+
+
+_TITLED = SelfEditSettings(prefix_title=True)
+
+
+def is_preamble_only(reply: str) -> bool:
+    """A reply that announces an answer and stops ("The answer to the question is:"): cut by the token cap, or
+    (read to the first line only) before its answer came."""
+    return reply.rstrip().endswith(":")
 
 
 def summarize(results: list[QuestionResult]) -> dict:

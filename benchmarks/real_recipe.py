@@ -1,0 +1,305 @@
+"""Choosing an absorption recipe for a small chat student (SmolLM2-135M-Instruct), then evaluating it once.
+
+Every job: one passage, one condition. The student (a fresh seeded LoRA) absorbs the condition's training texts,
+then answers the passage's questions closed book, greedily, read to the end of its turn (at most 64 new tokens);
+the reply is kept whole so it can be graded again without retraining, and so is the adapter
+(`adapters/<job>.safetensors`). The open-book condition answers with the passage in the prompt and no adapter: the
+ceiling. Passages come from the committed split (`benchmarks/squad_split.py`); selection plans never touch an
+evaluation passage.
+
+Conditions:
+    none         no adaptation
+    open         open book: the passage in the prompt, no adapter (the ceiling)
+    passage      the passage only
+    implications / rewrite / long / self_qa   the paper's Qwen2.5-7B base completion in that form (the first one),
+                 its sequences title-prefixed, the passage appended (the paper's protocol)
+
+Plans:
+    forms        selection: alt0 0-31 (passage, rewrite, long, self_qa, none, open) and train0 0-31 (passage,
+                 implications, none, open), the paper's inner loop, next-token loss
+
+    python benchmarks/real_recipe.py run --run runs/recipe_forms --plan forms --shard 0/2   # one process per core
+    python benchmarks/real_recipe.py run --run runs/recipe_forms --plan forms --shard 1/2
+    python benchmarks/real_recipe.py report --run runs/recipe_forms --out benchmarks/results/real_recipe
+
+Each job is one line of `records.jsonl`, appended when done; a rerun skips what is there. Shards split the plan's
+jobs by position, so two processes never run the same job; each writes its own records file.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import squad_split  # noqa: E402
+
+SYN = squad_split.SYN
+QA_PROMPT = "Answer the question with a short answer.\nQuestion: {question}\nAnswer:"
+OPEN_PROMPT = "Answer the question with a short answer, using the passage.\nPassage: {passage}\nQuestion: {question}\nAnswer:"
+MAX_NEW_TOKENS = 64
+FORM_FILES = {
+    "alt0": {f: f"train/alternate_prompts/iter0_train_prompt-{name}.json"
+             for f, name in (("rewrite", "rewrite"), ("long", "long"), ("self_qa", "self-qa"))},
+    "train0": {"implications": "train/iter0_train.json"},
+    "eval": {"implications": "eval/base_val.json", "rl1": "eval/iter1_val.json",
+             **{f: f"eval/alternate_prompts/base/base_val_prompt-{name}.json"
+                for f, name in (("rewrite", "rewrite"), ("long", "long"), ("self_qa", "self-qa"))}},
+}
+# How a form's completion becomes sequences: lines for lists and rewrites, question-answer pairs for self-QA.
+SPLIT = {"self_qa": "qa"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """An inner loop: the LoRA and how it trains on one passage's texts."""
+
+    r: int = 32
+    alpha: int = 64
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    lr: float = 1e-3
+    epochs: int = 10
+    batch_size: int = 1
+    scheduler: str = "linear"
+    objective: str = "nll"
+    distill_weight: float = 1.0
+
+
+SETTINGS = {"paper": Setting()}
+
+
+@dataclass
+class Job:
+    pool: str
+    setting: str
+    condition: str
+    passage: int  # index into the pool
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.pool}/{self.setting}/{self.condition}/{self.passage}/{self.seed}"
+
+
+def plan(name: str) -> list[Job]:
+    jobs: list[Job] = []
+    if name == "forms":
+        alt0 = squad_split.indices("selection", "alt0")
+        train0 = squad_split.indices("selection", "train0")
+        # Interleaved per passage: a run stopped early holds every condition paired on its first passages.
+        for a, t in zip(alt0, train0):
+            jobs += [Job("alt0", "paper", c, a) for c in ("none", "open", "passage", "self_qa", "rewrite", "long")]
+            jobs += [Job("train0", "paper", c, t) for c in ("none", "open", "passage", "implications")]
+        return jobs
+    raise SystemExit(f"unknown plan {name!r}")
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+class Data:
+    def __init__(self):
+        self.pools = {name: squad_split.pool(name) for name in squad_split.POOLS}
+        self._forms: dict[tuple[str, str], list[dict]] = {}
+
+    def completion(self, pool: str, form: str, index: int) -> str:
+        if (pool, form) not in self._forms:
+            self._forms[pool, form] = json.loads((SYN / FORM_FILES[pool][form]).read_text(encoding="utf-8"))
+        rec = self._forms[pool, form][index]
+        if rec["context"] != self.pools[pool][index]["context"]:
+            raise SystemExit(f"{FORM_FILES[pool][form]}[{index}] is another passage than {pool}[{index}]")
+        return rec["completions"][0]
+
+    def document(self, pool: str, index: int):
+        from pipeline.documents import Document, Question
+
+        rec = self.pools[pool][index]
+        qs = [Question(q["question"], (q["answer"],) if isinstance(q["answer"], str) else tuple(q["answer"]))
+              for q in rec["questions"]]
+        return Document(id=f"{pool}-{index:03d}", title=rec["title"], text=rec["context"], questions=qs)
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+class Bench:
+    def __init__(self, run: Path, model: str, threads: int):
+        import torch
+
+        from core.config import EvalSettings, ModelSettings
+
+        torch.set_num_threads(threads)
+        self.run = run
+        self.model_path = model
+        self.engines: dict = {}
+        self.base_model = None
+        self.tokenizer = None
+        self.eval = EvalSettings(max_new_tokens=MAX_NEW_TOKENS, batch_size=16, qa_prompt=QA_PROMPT,
+                                 open_book_prompt=OPEN_PROMPT, metric="contains", answer_until="turn")
+        self.model_settings = ModelSettings(path=model, dtype="float32", device="cpu")
+        self.data = Data()
+
+    def engine(self, setting: Setting):
+        """One resident base shared by every LoRA shape (PEFT wraps a fresh copy of the module tree per shape)."""
+        import copy
+
+        from core.config import LoraSettings
+        from core.models import load_causal_lm, load_tokenizer
+        from student.engine import StudentEngine
+
+        key = (setting.r, setting.alpha, setting.targets)
+        if key not in self.engines:
+            if self.base_model is None:
+                self.tokenizer = load_tokenizer(self.model_path)
+                self.base_model = load_causal_lm(self.model_path, dtype="float32", device="cpu")
+            lora = LoraSettings(r=setting.r, alpha=setting.alpha, target_modules=list(setting.targets))
+            self.engines[key] = StudentEngine(self.model_settings, lora, base_model=copy.deepcopy(self.base_model),
+                                              tokenizer=self.tokenizer)
+        return self.engines[key]
+
+    def train_settings(self, setting: Setting):
+        from core.config import TrainSettings
+
+        extra = {}
+        if setting.objective != "nll":
+            extra = {"objective": setting.objective, "distill_weight": setting.distill_weight}
+        return TrainSettings(learning_rate=setting.lr, epochs=setting.epochs, batch_size=setting.batch_size,
+                             lr_scheduler=setting.scheduler, max_length=2048, checkpoint_minutes=0, **extra)
+
+    def texts(self, job: Job, doc) -> tuple[list[str], dict]:
+        from core.config import SelfEditSettings
+        from pipeline.tasks.knowledge import split_self_edit_report, with_title
+
+        if job.condition in ("none", "open"):
+            return [], {}
+        settings = SelfEditSettings(prompt="implications", split=SPLIT.get(job.condition, "lines"),
+                                    prefix_title=True, include_passage=True, max_sequences=30)
+        passage = with_title(doc, doc.text, settings)
+        if job.condition == "passage":
+            return [passage], {}
+        pieces, report = split_self_edit_report(self.data.completion(job.pool, job.condition, job.passage), settings)
+        return [with_title(doc, t, settings) for t in pieces] + [passage], report
+
+    def answers(self, engine, doc, open_book: bool) -> list[dict]:
+        from pipeline.tasks import knowledge
+
+        prompts = [(OPEN_PROMPT.format(passage=f"{doc.title}\n{doc.text}", question=q.question) if open_book
+                    else QA_PROMPT.format(question=q.question)) for q in doc.questions]
+        replies = engine.reply(prompts, max_new_tokens=MAX_NEW_TOKENS, batch_size=16, until="turn")
+        tokens = engine.last_generation.new_tokens
+        return [{"q": q.question, "gold": list(q.answers), "pred": r, "new_tokens": n,
+                 "preamble_only": knowledge.is_preamble_only(r)}
+                for q, r, n in zip(doc.questions, replies, tokens)]
+
+    def run_job(self, job: Job) -> dict:
+        from safetensors.torch import save_file
+
+        from core.seeds import context_seed
+
+        setting = SETTINGS[job.setting]
+        engine = self.engine(setting)
+        doc = self.data.document(job.pool, job.passage)
+        start = time.perf_counter()
+        texts, info = self.texts(job, doc)
+        seed = context_seed(job.seed, doc.id)
+        engine.reset(seed=seed)
+        train = {"sequences": len(texts), "tokens": 0, "seconds": 0.0, "final_loss": None}
+        if texts:
+            ts = self.train_settings(setting)
+            if setting.objective == "nll":
+                stats = engine.train_texts(texts, ts, seed=seed)
+            else:
+                stats = engine.train_texts(texts, ts, seed=seed, contexts=[f"{doc.title}\n{doc.text}"] * len(texts))
+            train.update(tokens=stats.tokens, seconds=stats.seconds, final_loss=stats.final_loss, steps=stats.steps)
+            adapters = self.run / "adapters"
+            adapters.mkdir(exist_ok=True)
+            save_file(engine.adapter_state(), str(adapters / (job.key.replace("/", "__") + ".safetensors")))
+        else:
+            engine.reset()
+        t_eval = time.perf_counter()
+        questions = self.answers(engine, doc, open_book=job.condition == "open")
+        return {"key": job.key, **asdict(job), "inner_loop": asdict(setting), "seed_used": seed, "train": train,
+                "info": info, "eval_seconds": time.perf_counter() - t_eval,
+                "seconds": time.perf_counter() - start, "questions": questions}
+
+
+def _records_files(run: Path) -> list[Path]:
+    return sorted(run.glob("records*.jsonl"))
+
+
+def cmd_run(args) -> None:
+    from core.fetch import fetch_model
+    from core.models import resolve_model_path
+    from core.rundir import append_jsonl, atomic_write_json, read_jsonl, repair_jsonl
+
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    model = args.model or str(fetch_model("smollm2-135m"))
+    meta = {"qa_prompt": QA_PROMPT, "open_prompt": OPEN_PROMPT, "max_new_tokens": MAX_NEW_TOKENS,
+            "settings": {k: asdict(v) for k, v in SETTINGS.items()},
+            "split_sha256": squad_split.sha(squad_split.SPLIT_FILE.read_text(encoding="utf-8"))}
+    meta = json.loads(json.dumps(meta))
+    if (run / "bench.json").exists():
+        old = json.loads((run / "bench.json").read_text())
+        if old != meta:
+            raise SystemExit(f"{run} was started with other settings (bench.json differs); use another --run")
+    else:
+        atomic_write_json(run / "bench.json", meta)
+    k, n = (int(x) for x in args.shard.split("/"))
+    records = run / f"records.{k}.jsonl"
+    repair_jsonl(records)
+    done = {r["key"] for f in _records_files(run) for r in read_jsonl(f)}
+    jobs = [j for i, j in enumerate(plan(args.plan)) if i % n == k]
+    todo = [j for j in jobs if j.key not in done]
+    print(f"{len(jobs)} jobs in plan {args.plan} shard {k}/{n}, {len(jobs) - len(todo)} done, {len(todo)} to run",
+          flush=True)
+    bench = Bench(run, resolve_model_path(model, dtype="float32", device="cpu"), args.threads)
+    for i, job in enumerate(todo, 1):
+        rec = bench.run_job(job)
+        append_jsonl(records, rec)
+        print(f"[{i}/{len(todo)}] {job.key}: {rec['train']['sequences']} seqs, {rec['seconds']:.0f} s", flush=True)
+
+
+# --------------------------------------------------------------------------------------------- reporting
+
+
+def cmd_report(args) -> None:
+    from recipe_report import report
+
+    report([Path(r) for r in args.run], Path(args.out) if args.out else None, args.grader)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run (or resume) a plan into --run")
+    r.add_argument("--run", required=True)
+    r.add_argument("--plan", default="forms")
+    r.add_argument("--model", default=None, help="default: SmolLM2-135M-Instruct from the package index")
+    r.add_argument("--shard", default="0/1", help="k/n: this process runs the plan's jobs i with i %% n == k")
+    r.add_argument("--threads", type=int, default=1)
+    r.set_defaults(fn=cmd_run)
+    q = sub.add_parser("report", help="tables with paired intervals, ceiling ratio and kept share")
+    q.add_argument("--run", required=True, nargs="+")
+    q.add_argument("--out", default=None)
+    q.add_argument("--grader", default="contains")
+    q.set_defaults(fn=cmd_report)
+    args = p.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Tables for `real_recipe.py` runs: every condition against passage-only (paired), its share of the open-book
+ceiling (ceiling ratio, kept share), graded from the saved replies (so a grader change needs no retraining)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+GRADERS = ("contains", "token_f1", "exact_match")
+LABELS = {
+    "none": "no adaptation", "open": "open book (the ceiling)", "passage": "passage only",
+    "implications": "implications (7B base)", "rewrite": "rewrite (7B base)", "long": "long implications (7B base)",
+    "self_qa": "self-QA (7B base)", "rl1": "implications after 1 RL round (7B)",
+}
+
+
+def grade(records: list[dict], grader: str) -> None:
+    """Adds `score` to every question of every record, by `grader` (a name from pipeline.rewards)."""
+    from pipeline.rewards import get_reward
+
+    fn = get_reward(grader)
+    for r in records:
+        qs = r["questions"]
+        if qs:
+            for q, s in zip(qs, fn([q["pred"] for q in qs], [q["gold"] for q in qs])):
+                q["score"] = s
+
+
+def load(runs: list[Path]) -> list[dict]:
+    from core.rundir import read_jsonl
+
+    return [r for run in runs for f in sorted(run.glob("records*.jsonl")) for r in read_jsonl(f)]
+
+
+def by_passage(records: list[dict], pool: str, setting: str, seed: int = 0) -> dict[str, dict[int, list[float]]]:
+    """condition -> passage -> question scores."""
+    out: dict[str, dict[int, list[float]]] = defaultdict(dict)
+    for r in records:
+        if r["pool"] == pool and r["setting"] == setting and r["seed"] == seed:
+            out[r["condition"]][r["passage"]] = [q["score"] for q in r["questions"]]
+    return out
+
+
+def rows(records: list[dict], pool: str, setting: str, reference: str = "passage") -> list[dict]:
+    from pipeline.stats import paired_bootstrap, ratio_bootstrap
+
+    table = by_passage(records, pool, setting)
+    ref, ceiling = table.get(reference, {}), table.get("open", {})
+    out = []
+    for cond, ps in table.items():
+        common = sorted(set(ps) & set(ref) & set(ceiling))
+        if not common:
+            continue
+        mean = [sum(ps[i]) / len(ps[i]) for i in common]
+        row = {"condition": cond, "passages": len(common), "questions": sum(len(ps[i]) for i in common),
+               "score": sum(mean) / len(mean)}
+        if cond != reference:
+            row["vs_" + reference] = paired_bootstrap(mean, [sum(ref[i]) / len(ref[i]) for i in common])
+        if cond != "open":
+            row["ceiling_ratio"] = ratio_bootstrap(mean, [sum(ceiling[i]) / len(ceiling[i]) for i in common])
+            row["kept_share"] = ratio_bootstrap(
+                [sum(a >= 0.5 and b >= 0.5 for a, b in zip(ps[i], ceiling[i])) for i in common],
+                [sum(b >= 0.5 for b in ceiling[i]) for i in common])
+        secs = sorted(r["seconds"] for r in records if r["pool"] == pool and r["setting"] == setting
+                      and r["condition"] == cond)
+        row["median_seconds"] = secs[len(secs) // 2]
+        row["preamble_only"] = sum(q.get("preamble_only", False) for r in records if r["pool"] == pool
+                                   and r["setting"] == setting and r["condition"] == cond for q in r["questions"])
+        out.append(row)
+    order = list(LABELS)
+    return sorted(out, key=lambda r: order.index(r["condition"]) if r["condition"] in order else len(order))
+
+
+def _ci(d: dict | None) -> str:
+    if not d or d.get("mean") is None:
+        return "—"
+    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def _share(d: dict | None) -> str:
+    if not d or d.get("mean") is None:
+        return "—"
+    return f"{d['mean']:.2f} [{d['low']:.2f}, {d['high']:.2f}]"
+
+
+def markdown(table: list[dict], title: str) -> str:
+    lines = [f"**{title}**", "",
+             "| condition | passages | questions | score | vs passage only | ceiling ratio | kept share | "
+             "median s | preamble-only replies |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {LABELS.get(r['condition'], r['condition'])} | {r['passages']} | {r['questions']} | "
+                     f"{r['score']:.3f} | {_ci(r.get('vs_passage'))} | {_share(r.get('ceiling_ratio'))} | "
+                     f"{_share(r.get('kept_share'))} | {r['median_seconds']:.0f} | {r['preamble_only']} |")
+    return "\n".join(lines)
+
+
+def report(runs: list[Path], out: Path | None, grader: str = "contains") -> str:
+    records = load(runs)
+    if not records:
+        raise SystemExit(f"no records in {runs}")
+    grade(records, grader)
+    parts = []
+    tables = {}
+    for pool in sorted({r["pool"] for r in records}):
+        for setting in sorted({r["setting"] for r in records if r["pool"] == pool}):
+            t = rows(records, pool, setting)
+            if t:
+                tables[f"{pool}/{setting}"] = t
+                parts.append(markdown(t, f"{pool}, inner loop {setting}, graded by {grader}"))
+    text = "\n\n".join(parts)
+    print(text)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.md").write_text(text + "\n", encoding="utf-8")
+        (out / "tables.json").write_text(json.dumps(tables, indent=1) + "\n", encoding="utf-8")
+        with open(out / "per_passage.jsonl", "w", encoding="utf-8") as f:
+            for r in records:
+                qs = r["questions"]
+                f.write(json.dumps({"key": r["key"], "n": len(qs),
+                                    "score": round(sum(q["score"] for q in qs) / len(qs), 4) if qs else None,
+                                    "sequences": r["train"]["sequences"], "seconds": round(r["seconds"], 1)}) + "\n")
+    return text
