@@ -67,6 +67,26 @@ def _contained_one(prediction: str, gold: str) -> float:
     return float(any(pred[i : i + n] == ref for i in range(len(pred) - n + 1)))
 
 
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+          "seventeen eighteen nineteen twenty").split()
+_TENS = {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
+_NUMBER_WORDS = {**{w: str(i) for i, w in enumerate(_UNITS)}, **{w: str(v) for w, v in _TENS.items()},
+                 "hundred": "100", "thousand": "1000", "million": "1000000", "billion": "1000000000"}
+
+
+def _numeric_tokens(text: str) -> list[str]:
+    """Normalised tokens with number words as digits ("two" -> "2"): a chat model writes "2 cylinders" for "two"."""
+    return [_NUMBER_WORDS.get(t, t) for t in normalize_answer(text).split()]
+
+
+def _contained_numeric_one(prediction: str, gold: str) -> float:
+    pred, ref = _numeric_tokens(prediction), _numeric_tokens(gold)
+    if not ref:
+        return float(not pred)
+    n = len(ref)
+    return float(any(pred[i : i + n] == ref for i in range(len(pred) - n + 1)))
+
+
 def _golds(reference: Reference, index: int) -> list[str]:
     if isinstance(reference, str):
         return [reference]
@@ -108,6 +128,10 @@ answer_contained.__name__ = answer_contained.__qualname__ = "answer_contained"
 answer_contained.__doc__ = (
     "1.0 where a normalised gold answer appears as contiguous whole tokens in the normalised prediction."
 )
+
+contains_numeric = _best_over_golds(_contained_numeric_one)
+contains_numeric.__name__ = contains_numeric.__qualname__ = "contains_numeric"
+contains_numeric.__doc__ = "As answer_contained, with number words read as digits on both sides (two = 2)."
 
 # ------------------------------------------------------------------------------------------- LLM judge
 
@@ -368,6 +392,7 @@ _STRING_REWARDS: dict[str, Reward] = {
     "exact_match": exact_match,
     "token_f1": token_f1,
     "contains": answer_contained,
+    "contains_numeric": contains_numeric,
 }
 REWARD_NAMES = (*_STRING_REWARDS, "llm_judge")
 _JUDGE_OPTIONS = ("tokenizer", "prompt_template", "device", "batch_size", "trust_remote_code", "dtype")

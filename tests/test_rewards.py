@@ -189,7 +189,7 @@ def test_metrics_return_python_floats():
 
 
 def test_registry_names():
-    assert set(REWARD_NAMES) == {"exact_match", "token_f1", "contains", "llm_judge"}
+    assert set(REWARD_NAMES) == {"exact_match", "token_f1", "contains", "contains_numeric", "llm_judge"}
     assert get_reward("exact_match") is exact_match
     assert get_reward("token_f1") is token_f1
     assert get_reward("contains") is answer_contained
@@ -446,3 +446,12 @@ def test_judge_through_the_registry(tiny_models):
 
 def test_default_prompt_names_every_field():
     assert all("{" + k + "}" in DEFAULT_JUDGE_PROMPT for k in ("question", "answers", "prediction"))
+
+
+def test_contains_numeric_reads_number_words_as_digits():
+    from pipeline.rewards import get_reward
+
+    fn = get_reward("contains_numeric")
+    assert fn(["The Kaldor engine used 2 cylinders.", "It had two cylinders.", "It had twelve."],
+              [["two"], ["2"], ["two"]]) == [1.0, 1.0, 0.0]
+    assert get_reward("contains")(["The Kaldor engine used 2 cylinders."], [["two"]]) == [0.0]

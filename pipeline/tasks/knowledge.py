@@ -199,7 +199,7 @@ class Grader:
         elif settings.metric == "llm_judge":
             self.primary = get_reward("llm_judge", model=settings.judge_model)
         else:
-            self.primary = self.local[settings.metric]
+            self.primary = self.local.get(settings.metric) or get_reward(settings.metric)
 
     def __call__(self, questions: list[str], predictions: list[str], references: list[list[str]]):
         metrics = {name: fn(predictions, references) for name, fn in self.local.items()}
