@@ -17,8 +17,6 @@ removed and redone from `.pending`. Nothing else is ever rewritten in place.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import shutil
@@ -142,28 +140,12 @@ class Store:
     @contextmanager
     def locked(self, *, wait: bool = False):
         """Hold the store's lock for the block; a second process refuses (or, with `wait`, waits its turn)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path / ".lock"
-        with open(lock_path, "a+", encoding="utf-8") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except OSError as err:
-                if err.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                f.seek(0)
-                holder = f.read().strip() or "another process"
-                raise StoreBusy(f"store {self.path} is being updated by {holder}; not starting a second update "
-                                "(pass --wait to wait for it)") from None
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} since {now()}")
-            f.flush()
-            try:
-                yield
-            finally:
-                f.seek(0)
-                f.truncate()
-                fcntl.flock(f, fcntl.LOCK_UN)
+        from core.lock import folder_lock
+
+        with folder_lock(self.path, wait=wait, error=StoreBusy,
+                         busy="store {path} is being updated by {holder}; not starting a second update "
+                              "(pass --wait to wait for it)"):
+            yield
 
 
 def active_documents(state: dict) -> dict[str, dict]:
