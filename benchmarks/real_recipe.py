@@ -17,6 +17,8 @@ Conditions:
 Plans:
     forms        selection: alt0 0-31 (passage, rewrite, long, self_qa, none, open) and train0 0-31 (passage,
                  implications, none, open), the paper's inner loop, next-token loss
+    distill:F,G  selection: alt0 0-15, forms F and G absorbed by context distillation (weight 1 and 0.5; with
+                 question-answer exchanges for a question-answer form)
 
     python benchmarks/real_recipe.py run --run runs/recipe_forms --plan forms --shard 0/2   # one process per core
     python benchmarks/real_recipe.py run --run runs/recipe_forms --plan forms --shard 1/2
@@ -76,9 +78,17 @@ class Setting:
     scheduler: str = "linear"
     objective: str = "nll"
     distill_weight: float = 1.0
+    # Add question-answer exchanges: the self-edit's questions answered by the student with the passage in view.
+    exchanges: bool = False
 
 
-SETTINGS = {"paper": Setting()}
+SETTINGS = {
+    "paper": Setting(),
+    # Stage 2: the absorption objective, on the paper's inner loop.
+    "distill": Setting(objective="context_distill"),
+    "distill-0.5": Setting(objective="context_distill", distill_weight=0.5),
+    "distill-x": Setting(objective="context_distill", exchanges=True),
+}
 
 
 @dataclass
@@ -103,6 +113,14 @@ def plan(name: str) -> list[Job]:
         for a, t in zip(alt0, train0):
             jobs += [Job("alt0", "paper", c, a) for c in ("none", "open", "passage", "self_qa", "rewrite", "long")]
             jobs += [Job("train0", "paper", c, t) for c in ("none", "open", "passage", "implications")]
+        return jobs
+    if name.startswith("distill:"):
+        # distill:FORM,FORM — context distillation against next-token loss on the two best forms of stage 1, on the
+        # first 16 selection passages of alt0 (the paper-setting rows come from the forms plan).
+        forms = name.split(":", 1)[1].split(",")
+        for a in squad_split.indices("selection", "alt0")[:16]:
+            jobs += [Job("alt0", st, f, a) for f in forms for st in ("distill", "distill-0.5", "distill-x")
+                     if st != "distill-x" or SPLIT.get(f) == "qa"]
         return jobs
     raise SystemExit(f"unknown plan {name!r}")
 
@@ -191,7 +209,16 @@ class Bench:
         if job.condition == "passage":
             return [passage], {}
         pieces, report = split_self_edit_report(self.data.completion(job.pool, job.condition, job.passage), settings)
-        return [with_title(doc, t, settings) for t in pieces] + [passage], report
+        texts = [with_title(doc, t, settings) for t in pieces] + [passage]
+        if SETTINGS[job.setting].exchanges:
+            from pipeline.tasks.knowledge import exchanges, pair_questions
+
+            engine = self.engine(SETTINGS[job.setting])
+            engine.reset()  # the student as it is, no adapter, answers with the passage in view
+            added = exchanges(engine, doc, pair_questions(pieces), self.eval)
+            texts += added
+            report = {**report, "exchanges": len(added)}
+        return texts, report
 
     def answers(self, engine, doc, open_book: bool) -> list[dict]:
         from pipeline.tasks import knowledge
@@ -240,6 +267,19 @@ def _records_files(run: Path) -> list[Path]:
     return sorted(run.glob("records*.jsonl"))
 
 
+def _same_bench(old: dict, new: dict) -> bool:
+    """The same bench, where a setting or a setting's field added since (at its default) is no change."""
+    if {k: v for k, v in old.items() if k != "settings"} != {k: v for k, v in new.items() if k != "settings"}:
+        return False
+    default = asdict(Setting())
+    for name, fields in old["settings"].items():
+        now = new["settings"].get(name)
+        if now is None or any(now.get(k) != v for k, v in fields.items()) or \
+                any(now[k] != default[k] for k in now if k not in fields):
+            return False
+    return True
+
+
 def cmd_run(args) -> None:
     from core.fetch import fetch_model
     from core.models import resolve_model_path
@@ -254,10 +294,9 @@ def cmd_run(args) -> None:
     meta = json.loads(json.dumps(meta))
     if (run / "bench.json").exists():
         old = json.loads((run / "bench.json").read_text())
-        if old != meta:
+        if not _same_bench(old, meta):
             raise SystemExit(f"{run} was started with other settings (bench.json differs); use another --run")
-    else:
-        atomic_write_json(run / "bench.json", meta)
+    atomic_write_json(run / "bench.json", meta)
     k, n = (int(x) for x in args.shard.split("/"))
     records = run / f"records.{k}.jsonl"
     repair_jsonl(records)

@@ -65,6 +65,12 @@ class TrainSettings:
     # resumes from the last save to the same result; checkpoint_steps (optional) also saves every N steps.
     checkpoint_minutes: float = 10.0
     checkpoint_steps: int | None = None
+    # What an absorption minimises. nll: next-token loss on the training texts. context_distill (small students,
+    # single process only): forward KL(p_with_passage || p_adapted) over the vocabulary on each text's tokens,
+    # p_with_passage the student with the adapter off and the passage in the prompt, p_adapted the student with the
+    # adapter on and no passage (StudentEngine.train_distill); loss = distill_weight * KL + (1 - distill_weight) * NLL.
+    objective: Literal["nll", "context_distill"] = "nll"
+    distill_weight: float = 1.0
 
 
 @dataclass
@@ -201,6 +207,8 @@ class ExecutorSettings:
     in_flight: int = 2  # items queued per worker, so a worker never waits for the driver
     max_tries: int = 3  # an item that fails this often is recorded as failed; the round goes on
     max_restarts: int = 3  # per worker: a worker process that dies is restarted this often
+    # A restarted worker silent this long counts as dead again (raise it for students slower to load)
+    ping_timeout_s: float = 60.0
     num_cpus: int | None = None  # for a cluster started here: CPUs it may use (None: all)
     object_store_mb: int = 256  # for a cluster started here
 
@@ -417,13 +425,15 @@ _RANGES = {
     TrainSettings: {"learning_rate": (lambda v: v > 0, "> 0"), "epochs": (lambda v: v >= 1, ">= 1"),
                     "batch_size": (lambda v: v >= 1, ">= 1"), "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
                     "weight_decay": (lambda v: v >= 0, ">= 0"), "max_length": (lambda v: v >= 16, ">= 16"),
-                    "max_grad_norm": (lambda v: v is None or v > 0, "> 0 or null")},
+                    "max_grad_norm": (lambda v: v is None or v > 0, "> 0 or null"),
+                    "distill_weight": (lambda v: 0 <= v <= 1, "in [0, 1]")},
     ExecutorSettings: {"workers": (lambda v: v is None or v >= 1, ">= 1 or null"),
                        "cpus_per_worker": (lambda v: v > 0, "> 0"),
                        "gpus_per_worker": (lambda v: v is None or v >= 0, ">= 0 or null"),
                        "threads_per_worker": (lambda v: v is None or v >= 1, ">= 1 or null"),
                        "in_flight": (lambda v: v >= 1, ">= 1"), "max_tries": (lambda v: v >= 1, ">= 1"),
-                       "max_restarts": (lambda v: v >= 0, ">= 0")},
+                       "max_restarts": (lambda v: v >= 0, ">= 0"),
+                       "ping_timeout_s": (lambda v: v > 0, "> 0")},
 }
 
 
@@ -504,6 +514,20 @@ class MStepSettings:
 
 
 @dataclass
+class WarmStartSettings:
+    """SFT the teacher on another writer's (passage, completion) pairs before round 1 (teacher/warm_start.py), with
+    the M-step's settings (`m_step`). Each prompt is re-rendered from its passage with self_edit.prompt."""
+
+    # JSONL of {prompt, completion} (the paper's EM_SFT files; the passage is parsed out of the raw prompt) or JSON
+    # lists of {title, context, completions}; empty: no warm start.
+    files: list[str] = field(default_factory=list)
+    completions_per_passage: int | None = 1  # from {completions} records: the first N; null: all
+    # Document files (anything --docs reads) whose passages must never be trained on, besides the held-out ones.
+    exclude: list[str] = field(default_factory=list)
+    limit: int | None = None  # the first N pairs only
+
+
+@dataclass
 class TrainTeacherConfig:
     """`seal-tt train-teacher`: ReST-EM rounds of E-step (sample, absorb, score) and M-step (SFT the teacher)."""
 
@@ -521,6 +545,8 @@ class TrainTeacherConfig:
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
     # Live metrics: any of tensorboard, trackio, wandb (pipeline/tracking.py); empty: none.
     report_to: list[str] = field(default_factory=list)
+    # Distillation before round 1: SFT the teacher on these pairs first (train-teacher --warm-start FILE).
+    warm_start: WarmStartSettings = field(default_factory=WarmStartSettings)
 
 
 @dataclass
@@ -592,6 +618,8 @@ _RANGES[GateSettings] = {"max_drop": (lambda v: v is None or 0 <= v <= 1, "in [0
 _RANGES[ProbeSettings] = {"max_documents": (lambda v: v is None or v >= 0, ">= 0 or null"),
                           "per_document": (lambda v: v >= 1, ">= 1"), "max_new_tokens": (lambda v: v >= 1, ">= 1")}
 _RANGES[DriftSettings] = {"max_tokens": (lambda v: v >= 8, ">= 8")}
+_RANGES[WarmStartSettings] = {"completions_per_passage": (lambda v: v is None or v >= 1, ">= 1 or null"),
+                              "limit": (lambda v: v is None or v >= 1, ">= 1 or null")}
 
 
 CONFIGS: dict[str, type] = {"adapt-student": AdaptConfig, "train-teacher": TrainTeacherConfig,

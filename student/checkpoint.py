@@ -42,14 +42,25 @@ class TrainCheckpoint:
         return time.monotonic() - self._last >= self.every_seconds
 
 
-def fingerprint(examples, settings, seed: int) -> str:
-    """What the training run is: its token ids, labels, settings and seed."""
+def fingerprint(examples, settings, seed: int, *, contexts: list[str] | None = None) -> str:
+    """What the training run is: its token ids, labels, settings and seed (and, for context distillation, both
+    sequences of every example and the passages they were made from)."""
     h = hashlib.sha256()
     # How often it saves is not part of what is trained.
     fields = {k: v for k, v in asdict(settings).items() if not k.startswith("checkpoint_")}
-    h.update(json.dumps({"settings": fields, "seed": int(seed), "n": len(examples)}, sort_keys=True).encode())
+    if fields.get("objective", "nll") == "nll":
+        # The distillation settings do not touch an nll run: a checkpoint saved before they existed still matches.
+        fields.pop("objective", None)
+        fields.pop("distill_weight", None)
+    head = {"settings": fields, "seed": int(seed), "n": len(examples)}
+    if contexts is not None:
+        head["contexts"] = list(contexts)
+    h.update(json.dumps(head, sort_keys=True).encode())
     for ex in examples:
-        h.update(json.dumps([list(ex.input_ids), list(ex.labels)]).encode())
+        if hasattr(ex, "teacher_ids"):  # student.data.DistillExample
+            h.update(json.dumps([list(ex.student_ids), list(ex.teacher_ids), int(ex.n_target)]).encode())
+        else:
+            h.update(json.dumps([list(ex.input_ids), list(ex.labels)]).encode())
     return h.hexdigest()
 
 
@@ -67,7 +78,7 @@ def save(ckpt: TrainCheckpoint, *, key: str, step: int, lora: dict, optimizer, l
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta = {"fingerprint": key, "step": step, "losses": losses, "tokens": tokens}
-    with atomic_dir(ckpt.folder) as tmp:
+    with atomic_dir(ckpt.folder, internal=True) as tmp:
         save_file(tensors, str(tmp / STATE))
         (tmp / META).write_text(json.dumps(meta) + "\n", encoding="utf-8")
     ckpt._last = time.monotonic()

@@ -74,7 +74,20 @@ def _train_settings(train) -> dict[str, Any]:
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise UserError(f"unknown train field(s) {unknown}; known: {sorted(defaults)}")
+    refuse_unsupported_objective(given)
     return {**defaults, **given}
+
+
+SHARDED_OBJECTIVE_ERROR = ("student.train.objective=context_distill is not supported with sharded training "
+                           "(student.distributed); use objective=nll or train on one process")
+
+
+def refuse_unsupported_objective(train) -> None:
+    """Sharded training is next-token loss only: a UserError for any other `objective` in `train` (a TrainSettings
+    or a dict of its fields). Checked where a spec is made (parent process) and again where a rank reads it."""
+    objective = getattr(train, "objective", None) if not isinstance(train, dict) else train.get("objective")
+    if objective not in (None, "nll"):
+        raise UserError(SHARDED_OBJECTIVE_ERROR)
 
 
 def train_lora_sharded(
@@ -233,6 +246,9 @@ class ShardedSpec:
     train: dict = field(default_factory=dict)
     deepspeed_config: str | dict | None = "zero2"
     merge: bool = False
+
+    def __post_init__(self):
+        refuse_unsupported_objective(self.train)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ShardedSpec":

@@ -9,6 +9,7 @@ batches with the adapter live. Nothing touches disk until `save_adapter()`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -21,7 +22,8 @@ from core.errors import UserError
 from core.lora import wrap_with_lora
 from core.models import encode_prompt, load_causal_lm, load_tokenizer, stop_token_ids, use_chat
 from student.batched import ADAPTER, _per_edit_loss_sums, _attention_scale, _length_buckets, _LoraBank, _BankAdamW, _Route, _routed_forward
-from student.data import IGNORE_INDEX, TrainExample, collate, encode_texts, left_pad
+from student.data import (IGNORE_INDEX, DistillExample, TrainExample, collate, encode_distill, encode_texts,
+                          left_pad)
 
 
 
@@ -97,6 +99,9 @@ class StudentEngine:
         # A memory guard: no train_many pass holds more padded tokens than this (one long row always may).
         self.max_pass_tokens: int | None = None
         self.last_generation: GenerationStats | None = None
+        # Context distillation keeps the teacher's log-probabilities on the model's device up to this many bytes (all
+        # examples together), else on the CPU.
+        self.max_teacher_cache_bytes = 1 << 30
 
     # ------------------------------------------------------------------------------------------ adapter state
     @property
@@ -137,43 +142,163 @@ class StudentEngine:
         return encode_texts(self.tokenizer, texts, max_length)
 
     def train_texts(self, texts: list[str], settings: TrainSettings, seed: int = 0, *,
-                    progress: bool = False, checkpoint=None) -> TrainStats:
+                    contexts: list[str] | None = None, progress: bool = False, checkpoint=None) -> TrainStats:
+        """Train on `texts` with `settings.objective`: nll (`train`), or context_distill (`train_distill`), which
+        needs `contexts[i]`, the passage text i is about; nll does not use them."""
+        if settings.objective == "context_distill":
+            if contexts is None:
+                raise ValueError("student.train.objective=context_distill needs each text's passage (contexts=)")
+            return self.train_distill(texts, contexts, settings, seed, progress=progress, checkpoint=checkpoint)
         return self.train(self.encode(texts, settings.max_length), settings, seed, progress=progress,
                           checkpoint=checkpoint)
 
     def train(self, examples: list[TrainExample], settings: TrainSettings, seed: int = 0, *,
               progress: bool = False, checkpoint=None) -> TrainStats:
-        """Train the LoRA on `examples` from its current state; only LoRA parameters change.
+        """Train the LoRA on `examples` from its current state with the next-token loss; only LoRA parameters change.
 
         `progress` shows a bar over optimizer steps (for long absorptions; the inner loop of ReST-EM leaves it off).
         `checkpoint` (a `student.checkpoint.TrainCheckpoint`) saves the training state now and then and, on a rerun
         with the same examples, settings and seed, continues from the last save to the same result; it is removed
         once training ends.
         """
-        import torch
-
         if not examples:
             raise ValueError("no training examples")
+        _require_nll(settings, "train")
+        pad = self.tokenizer.pad_token_id
+
+        def step_loss(rows: list[TrainExample]):
+            batch = collate(rows, pad)
+            # Counted on the host copy: reading a device tensor back each step would stall the GPU queue.
+            tokens = int(batch["attention_mask"].sum())
+            inputs = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            return self.model(**inputs).loss, tokens
+
+        key = None
+        if checkpoint is not None:
+            from student.checkpoint import fingerprint
+
+            key = fingerprint(examples, settings, seed)
+        return self._optimize(examples, settings, seed, step_loss, progress=progress, checkpoint=checkpoint, key=key)
+
+    def train_distill(self, texts: list[str], contexts: list[str], settings: TrainSettings, seed: int = 0, *,
+                      progress: bool = False, checkpoint=None) -> TrainStats:
+        """Absorb `texts` by context distillation: make the student without the passage predict like the student
+        with it.
+
+        Per text, the loss at each of its tokens (and EOS) is the forward KL(p_with_passage || p_adapted) over the
+        whole vocabulary at temperature 1: p_with_passage is the model with the adapter off and `contexts[i]` in
+        the prompt (`student.data.encode_distill`), computed once before the first step and cached for all epochs;
+        p_adapted is the model with the adapter on and no passage. The loss is the mean over a batch's target tokens
+        of `distill_weight` * KL + (1 - distill_weight) * the next-token loss of the same tokens. Batches, optimizer,
+        schedule, clipping, seeds, checkpoints and stats are `train`'s (`settings.objective` is taken to be
+        context_distill whatever it says).
+        """
+        started = time.perf_counter()
+        settings = dataclasses.replace(settings, objective="context_distill")
+        examples = encode_distill(self.tokenizer, list(texts), list(contexts), settings.max_length)
+        if not examples:
+            raise ValueError("no training examples")
+        weight = float(settings.distill_weight)
+        # With weight 0 the teacher is never read: the objective is the next-token loss on the target tokens.
+        teacher = self.teacher_logprobs(examples) if weight > 0 else [None] * len(examples)
+        rows = [_DistillRow(ex, t) for ex, t in zip(examples, teacher)]
+
+        def step_loss(batch: list[_DistillRow]):
+            return self.distill_loss([r.example for r in batch], [r.teacher for r in batch], weight)
+
+        key = None
+        if checkpoint is not None:
+            from student.checkpoint import fingerprint
+
+            key = fingerprint(examples, settings, seed, contexts=list(contexts))
+        return self._optimize(rows, settings, seed, step_loss, progress=progress, checkpoint=checkpoint, key=key,
+                              started=started)
+
+    def teacher_logprobs(self, examples: list[DistillExample]) -> list:
+        """Per example, log p(next token) over the vocabulary at the `n_target` positions that predict its target
+        tokens, from `teacher_ids` (the passage in the prompt) with the adapter off: a [n_target, vocab] tensor.
+
+        Stored as float32 for a float32 model, else as float16 (clamped at -1e4; renormalised when read), on the
+        model's device while all of them fit in `max_teacher_cache_bytes`, else on the CPU (moved per step).
+        """
+        import torch
+
+        dtype = torch.float32 if next(self.model.parameters()).dtype == torch.float32 else torch.float16
+        keep_kw = _accepts_logits_to_keep(self.model)
+        total = sum(ex.n_target for ex in examples)
+        store = None
+        out = []
+        self.model.eval()
+        with torch.no_grad(), self.model.disable_adapter():
+            for ex in examples:
+                n, length = ex.n_target, len(ex.teacher_ids)
+                ids = torch.tensor([ex.teacher_ids], device=self.device)
+                if keep_kw:  # only the last n+1 positions' logits: a long passage costs no lm_head work
+                    logits = self.model(input_ids=ids, logits_to_keep=n + 1).logits[0, -(n + 1):-1]
+                else:
+                    logits = self.model(input_ids=ids).logits[0, length - n - 1:length - 1]
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                if dtype != torch.float32:
+                    logp = logp.clamp(min=-1e4)
+                if store is None:
+                    size = total * logp.shape[-1] * torch.empty((), dtype=dtype).element_size()
+                    store = self.device if size <= self.max_teacher_cache_bytes else torch.device("cpu")
+                out.append(logp.to(store, dtype))
+        if store is not None and store.type == "cpu" and self.device.type == "cuda":
+            out = [t.pin_memory() for t in out]
+        return out
+
+    def distill_loss(self, examples: list[DistillExample], teacher: list, weight: float = 1.0):
+        """(loss, tokens) for one batch: `weight` * KL(teacher || student) + (1 - weight) * NLL, each a mean over
+        the batch's target tokens; the student forward runs with the adapter as it is, on right-padded
+        `student_ids`. `teacher`: `teacher_logprobs`' tensors for these examples (unused when weight is 0)."""
+        import torch
+
+        batch = collate([TrainExample(ex.student_ids, ex.student_ids) for ex in examples], self.tokenizer.pad_token_id)
+        tokens = int(batch["attention_mask"].sum())
+        logits = self.model(input_ids=batch["input_ids"].to(self.device, non_blocking=True),
+                            attention_mask=batch["attention_mask"].to(self.device, non_blocking=True)).logits
+        picked = torch.cat([logits[row, len(ex.student_ids) - ex.n_target - 1:len(ex.student_ids) - 1]
+                            for row, ex in enumerate(examples)])
+        logp = torch.log_softmax(picked.float(), dim=-1)
+        kl = nll = None
+        if weight > 0:
+            # Renormalised in float32: a float16 cache is then still a distribution, and the KL never negative.
+            t = torch.log_softmax(torch.cat([x.to(self.device, non_blocking=True) for x in teacher]).float(), dim=-1)
+            kl = (t.exp() * (t - logp)).sum(-1).mean()
+        if weight < 1:
+            target = torch.tensor([i for ex in examples for i in ex.student_ids[-ex.n_target:]], device=self.device)
+            nll = -logp.gather(-1, target.unsqueeze(-1)).mean()
+        if nll is None:
+            return kl, tokens
+        if kl is None:
+            return nll, tokens
+        return weight * kl + (1.0 - weight) * nll, tokens
+
+    def _optimize(self, rows: list, settings: TrainSettings, seed: int, step_loss, *, progress: bool, checkpoint,
+                  key: str | None, started: float | None = None) -> TrainStats:
+        """The loop `train` and `train_distill` share: AdamW over the LoRA, `settings`' schedule and clipping, the
+        batches of `_batch_plan(rows, settings, seed)`; `step_loss(batch) -> (loss, tokens)` is the objective.
+        `key`: the run's checkpoint fingerprint (with `checkpoint`)."""
+        import torch
+
         stats = TrainStats()
-        start = time.perf_counter()
+        start = time.perf_counter() if started is None else started
         torch.manual_seed(seed)  # dropout
-        plan = _batch_plan(examples, settings, seed)
+        plan = _batch_plan(rows, settings, seed)
         total = max(1, len(plan))
         params = list(self._lora.values())
         # One fused kernel per step on GPU instead of a dozen per tensor; the CPU default is already a single loop.
         fused = {"fused": True} if self.device.type == "cuda" else {}
         optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay, **fused)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings, total))
-        pad = self.tokenizer.pad_token_id
         losses = []
         from core.progress import progress_bar
 
         start_step = 0
-        key = None
         if checkpoint is not None:
             from student import checkpoint as ckpt_io
 
-            key = ckpt_io.fingerprint(examples, settings, seed)
             meta = ckpt_io.load(checkpoint, key=key, lora=self._lora, optimizer=optimizer)
             if meta is not None:
                 start_step = int(meta["step"])
@@ -185,12 +310,9 @@ class StudentEngine:
                     for _ in range(start_step):
                         scheduler.step()
         with self._training_mode(settings):
-            for rows in progress_bar(plan[start_step:], desc="student: training", enabled=progress):
-                batch = collate(rows, pad)
-                # Counted on the host copy: reading a device tensor back each step would stall the GPU queue.
-                stats.tokens += int(batch["attention_mask"].sum())
-                inputs = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                loss = self.model(**inputs).loss
+            for batch in progress_bar(plan[start_step:], desc="student: training", enabled=progress):
+                loss, tokens = step_loss(batch)
+                stats.tokens += tokens
                 loss.backward()
                 if settings.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
@@ -244,6 +366,7 @@ class StudentEngine:
 
         if not example_sets or any(not examples for examples in example_sets):
             raise ValueError("every self-edit needs at least one training example")
+        _require_nll(settings, "train_many")
         seeds = list(range(len(example_sets))) if seeds is None else [int(s) for s in seeds]
         if len(seeds) != len(example_sets):
             raise ValueError(f"{len(example_sets)} example sets but {len(seeds)} seeds")
@@ -572,6 +695,31 @@ def first_line(text: str) -> str:
 def whole_turn(text: str) -> str:
     """A reply read to its end, its lines joined: a preamble line ("The answer is:") keeps the answer after it."""
     return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+@dataclass
+class _DistillRow:
+    """A context-distillation example and its cached teacher log-probabilities (None when never read)."""
+
+    example: DistillExample
+    teacher: object
+
+
+def _require_nll(settings: TrainSettings, where: str) -> None:
+    """Paths that train on token sequences alone cannot distill: refuse rather than train nll silently."""
+    if settings.objective != "nll":
+        raise ValueError(f"StudentEngine.{where} trains the next-token loss only; objective={settings.objective!r} "
+                         "needs the passages: use train_distill (or train_texts with contexts=)")
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _schedule(settings: TrainSettings, total: int):

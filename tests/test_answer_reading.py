@@ -126,3 +126,21 @@ def test_the_quick_starts_sample_documents_and_questions_are_frozen():
     assert hashlib.sha256(path.read_bytes()).hexdigest() == \
         "187255d473ee7ba1a3480d880a663d1f75f76527b13c91f5e7ed0b51823d57eb"
     assert sum(len(json.loads(line)["questions"]) for line in path.read_text().splitlines()) == 9
+
+
+def test_pair_questions_and_exchanges_answered_with_the_passage_in_view(engine):
+    from core.config import SelfEditSettings
+
+    pairs = knowledge.split_self_edit("Question 1: Where is the bridge?\nAnswer 1: In Velmora.\n\n"
+                                      "What is it made of?\n\nAnswer: Grey stone.\n\nA plain sentence here.",
+                                      SelfEditSettings(split="qa"))
+    assert knowledge.pair_questions(pairs) == ["Where is the bridge?", "What is it made of?"]
+    doc = Document(id="d", title="Velmora", text="The old bridge in Velmora is made of grey stone.")
+    ev = EvalSettings(max_new_tokens=6)
+    engine.reset()
+    texts = knowledge.exchanges(engine, doc, ["Where is the bridge?"], ev)
+    opened = engine.reply([ev.open_book_prompt.format(passage="Velmora\n" + doc.text, question="Where is the bridge?")],
+                          max_new_tokens=6, until="turn")[0]
+    assert len(texts) == (1 if opened else 0)
+    if texts:  # the closed-book turn, answered as the model answers with the passage in view
+        assert "Question: Where is the bridge?" in texts[0] and opened in texts[0] and "grey stone" not in texts[0]

@@ -86,6 +86,52 @@ def _qa_pairs(completion: str) -> list[str]:
     return pairs
 
 
+_QUESTION_LABEL = re.compile(r"^\s*(?:\*\*)?Q(?:uestion)?\s*\d*\s*(?:\*\*)?\s*[:.)]\s*", re.IGNORECASE)
+
+
+def pair_questions(sequences: list[str]) -> list[str]:
+    """The questions of a self-edit's question-answer pairs (split="qa"): each pair's lines before its answer,
+    without a "Question 2:" label. Sequences that are not pairs give none."""
+    out = []
+    for seq in sequences:
+        lines = seq.splitlines()
+        at = next((i for i, line in enumerate(lines) if i and _ANSWER_START.match(line)), None)
+        if at is not None:
+            question = _QUESTION_LABEL.sub("", " ".join(line.strip() for line in lines[:at])).strip()
+            if question:
+                out.append(question)
+    return out
+
+
+def exchanges(engine, doc: Document, questions: list[str], settings: EvalSettings) -> list[str]:
+    """Question-answer exchanges about `doc` for the student to learn: `questions` (a teacher's, never the
+    evaluation's) answered by the student itself with the passage in view and its adapter at zero, each written as
+    the closed-book turn it should give (through the chat template when the student has one). Distilled with the
+    passage as context (student.train.objective=context_distill), they teach what the model already answers
+    open-book."""
+    from core.models import use_chat
+
+    if not questions:
+        return []
+    prompts = [settings.open_book_prompt.format(passage=with_title(doc, doc.text, _TITLED), question=q)
+               for q in questions]
+    answers = engine.reply(prompts, use_chat_template=settings.use_chat_template,
+                           max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+                           until=settings.answer_until)
+    tok = engine.tokenizer
+    out = []
+    for q, a in zip(questions, answers):
+        if not a.strip():
+            continue
+        asked = settings.qa_prompt.format(question=q)
+        if use_chat(tok, settings.use_chat_template):
+            out.append(tok.apply_chat_template([{"role": "user", "content": asked},
+                                                {"role": "assistant", "content": a}], tokenize=False))
+        else:
+            out.append(f"{asked} {a}")
+    return out
+
+
 def split_self_edit(completion: str, settings: SelfEditSettings) -> list[str]:
     """The training sequences a completion yields on its own (no title, no passage)."""
     return split_self_edit_report(completion, settings)[0]
