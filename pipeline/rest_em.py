@@ -3,6 +3,8 @@
 Run folder (every file appears whole; JSONL grows one finished record at a time; a rerun resumes):
     config.yaml, splits.json          the resolved config; which contexts are held out / used in each round
     baselines.jsonl                   the student's score before adaptation, once per (student, context)
+    warm_start/                       with warm_start.files: pairs.jsonl (rendered), data.json (hashes), teacher/,
+                                      m_step.json; the teacher that round 0 evaluates and round 1 samples from
     round_0/heldout.jsonl             the initial teacher on held-out contexts (the comparison point)
     round_R/samples.jsonl             the teacher's k self-edits per context (written before any scoring)
     round_R/e_step.jsonl              one record per self-edit: seeds, scores, reward, timings
@@ -62,6 +64,7 @@ class RestEM:
         self._baselines: dict[tuple[str, str], float] = {}
         merge = config.rest_em.merge_teacher or config.rest_em.student_follows_teacher
         self.merge = merge
+        self.force = False  # run(force=True): a changed warm-start file is accepted
 
     # ------------------------------------------------------------------------------------------------ paths
     def round_dir(self, r: int) -> Path:
@@ -69,9 +72,10 @@ class RestEM:
 
     def teacher_at(self, r: int) -> tuple[ModelSettings, str | None]:
         """The teacher after round r: (model to load, LoRA adapter on it or None)."""
-        if r == 0:
+        marker = self.round_dir(r) / "m_step.json" if r else self.run_dir / "warm_start" / "m_step.json"
+        if r == 0 and not marker.exists():
             return self.base, None
-        info = _read_m_step(self.round_dir(r) / "m_step.json", self.run_dir.path)
+        info = _read_m_step(marker, self.run_dir.path)
         model = ModelSettings(**{**self.base.__dict__, "path": info["teacher_model"]})
         return model, info["teacher_adapter"]
 
@@ -87,6 +91,7 @@ class RestEM:
     def run(self, *, force: bool = False) -> list[dict]:
         # Where the inner loops run does not change what they compute: a run may resume on another executor.
         self.run_dir.start(self.config, force=force, ignore=("rounds", "executor", "report_to"))
+        self.force = force
         from core.config import to_dict
         from pipeline.tracking import open_tracker
 
@@ -103,11 +108,14 @@ class RestEM:
         provenance.record(self.run_dir.path, {"teacher": provenance.model_settings(self.config.teacher.model),
                                               "student": provenance.model_settings(self.config.student.model)})
         self._write_splits()
+        warm = self.warm_start()
         for rec in read_jsonl(self.run_dir / "baselines.jsonl"):
             self._baselines[(rec["student"], rec["context"])] = rec["score"]
         done = {m["round"] for m in read_jsonl(self.run_dir / "metrics.jsonl")}
         if 0 not in done:
-            self._finish_round(0, {}, self.evaluate_heldout(0))
+            keys = ("pairs", "steps", "first_loss", "last_loss")
+            extra = {"warm_start": {k: warm.get(k) for k in keys}} if warm else {}
+            self._finish_round(0, extra, self.evaluate_heldout(0))
         for r in range(1, self.config.rounds + 1):
             if r in done:
                 continue
@@ -162,7 +170,8 @@ class RestEM:
                           "round/m_step_last_loss": (extra.get("m_step") or {}).get("last_loss")}, r)
         say(f"round {r}: held-out score {h['score_mean']:.3f} (gain {h['gain_mean']:+.3f} ± {h['gain_ci95']:.3f})"
             + (f", {h['failed']} held-out item(s) failed" if h.get("failed") else "")
-            + (f", E-step reward {extra['e_step']['reward_mean']:+.3f}, selected {extra['selected']}" if extra else ""))
+            + (f", E-step reward {extra['e_step']['reward_mean']:+.3f}, selected {extra['selected']}"
+               if extra.get("e_step") else ""))
 
     def _write_splits(self) -> None:
         path = self.run_dir / "splits.json"
@@ -282,6 +291,43 @@ class RestEM:
         return [done[key] for c in contexts for i in range(len(samples[self.task.context_id(c)]))
                 if (key := (self.task.context_id(c), i)) in done]
 
+    # -------------------------------------------------------------------------------------------- warm start
+    def warm_start(self) -> dict | None:
+        """With warm_start.files: SFT the teacher on their pairs before round 1 (warm_start/), trained and recorded
+        as an M-step, so that teacher_at(0) is the warm teacher. Returns its M-step stats (None: no warm start)."""
+        from pipeline.warm_start import warm_start_pairs
+        from teacher.warm_start import record_data
+
+        folder = self.run_dir / "warm_start"
+        marker = folder / "m_step.json"
+        pairs = warm_start_pairs(self.config, self.task, self.heldout)
+        if not pairs:
+            return _read_m_step(marker, self.run_dir.path) if marker.exists() else None
+        trained = marker.exists()
+        if not trained and (self.round_dir(0) / "heldout_samples.jsonl").exists():
+            raise UserError(f"{self.run_dir.path} already evaluated its initial teacher without a warm start; a warm "
+                            "start comes before round 0: use another --output")
+        record_data(folder, self.config.warm_start.files, pairs, trained=trained, force=self.force)
+        if trained:
+            return _read_m_step(marker, self.run_dir.path)
+        from teacher.m_step import run_m_step
+        from teacher.sft import merge_teacher
+
+        say(f"warm start: SFT on {len(pairs)} pairs ({self.base.path})")
+        info = run_m_step(self.base, [{"prompt": p["prompt"], "completion": p["completion"]} for p in pairs],
+                          self.config.m_step, folder / "teacher",
+                          use_chat_template=self.config.teacher.generation.use_chat_template,
+                          seed=context_seed(self.config.seed, "warm_start"))
+        info.update({"teacher_model": self.base.path, "teacher_adapter": str(folder / "teacher")})
+        if self.merge:
+            merge_teacher(self.base, folder / "teacher", folder / "teacher_merged")
+            info.update({"teacher_model": str(folder / "teacher_merged"), "teacher_adapter": None})
+        gc.collect()
+        atomic_write_json(marker, _locate_in_run(info, self.run_dir.path))
+        for step, loss in enumerate(info.get("losses") or [], start=1):
+            self.tracker.log({"warm_start/loss": loss}, step)
+        return info
+
     # ------------------------------------------------------------------------------------ selection, M-step
     def selection(self, r: int, records: list[dict]) -> list[dict]:
         rdir = self.round_dir(r)
@@ -358,6 +404,10 @@ def final_teacher(config: TrainTeacherConfig) -> str:
         if marker.exists():
             info = _read_m_step(marker, out)
             return info["teacher_adapter"] or info["teacher_model"]
+    marker = out / "warm_start" / "m_step.json"
+    if marker.exists():
+        info = _read_m_step(marker, out)
+        return info["teacher_adapter"] or info["teacher_model"]
     return config.teacher.model.path
 
 
@@ -431,6 +481,11 @@ def summary_markdown(metrics: list[dict], config: TrainTeacherConfig) -> str:
         "|---|---|---|---|---|---|",
     ]
     for m in metrics:
+        if m.get("warm_start"):
+            w = m["warm_start"]
+            loss = (f", loss {w['first_loss']:.3f} -> {w['last_loss']:.3f}"
+                    if w.get("first_loss") is not None and w.get("last_loss") is not None else "")
+            lines.append(f"| warm start | - | - | SFT: {w['pairs']} pairs, {w['steps']} steps{loss} | - | - |")
         e, h = m.get("e_step"), m["heldout"]
         reward = f"{e['reward_mean']:+.3f} ± {e['reward_std']:.3f}" if e else "-"
         pos = f"{e['fraction_positive']:.0%}" if e else "-"
