@@ -92,8 +92,11 @@ def conversion_dtype(dtype: str = "auto", device: str = "auto") -> str:
     return {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[resolved]
 
 
-def convert_gguf(path: str | Path, out_dir: str | Path, *, dtype: str = "float32", verify: bool = True) -> Path:
-    """Read a GGUF file with transformers and write a plain safetensors model folder (model, tokenizer, config)."""
+def convert_gguf(path: str | Path, out_dir: str | Path, *, dtype: str = "float32", verify: bool = True,
+                 internal: bool = False) -> Path:
+    """Read a GGUF file with transformers and write a plain safetensors model folder (model, tokenizer, config).
+
+    `internal`: `out_dir` is seal-tt's cache (see `atomic_dir`); by default it is a user's output folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -132,7 +135,7 @@ def convert_gguf(path: str | Path, out_dir: str | Path, *, dtype: str = "float32
         with torch.no_grad():
             probe = (ids, model(ids).logits)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, internal=internal) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if verify:
@@ -180,7 +183,7 @@ def cached_conversion(path: str | Path, dtype: str = "float32", *, say=None) -> 
         if not _current(folder):
             if say:
                 say(f"converting {path.name} to a {dtype} safetensors folder (once; cached in {folder})")
-            convert_gguf(path, folder, dtype=dtype)
+            convert_gguf(path, folder, dtype=dtype, internal=True)
     return folder
 
 

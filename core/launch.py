@@ -223,7 +223,7 @@ def save_gathered_adapter(model, adapter_dir: str | Path, tokenizer=None) -> Pat
     error = None
     if rank() == 0:
         try:
-            with atomic_dir(adapter_dir) as tmp:
+            with atomic_dir(adapter_dir, internal=True) as tmp:
                 model.save_pretrained(str(tmp), state_dict=gathered, safe_serialization=True)
                 if tokenizer is not None:
                     tokenizer.save_pretrained(str(tmp))
@@ -261,6 +261,7 @@ def merge_saved_adapter(base_model_path: str | Path, adapter_dir: str | Path, ou
     gathered adapter from its verified file."""
     from core.adapters import merge_adapter
 
+    kw.setdefault("internal", True)  # into the launched job's own folder
     with zero3_init_suspended():
         return merge_adapter(str(base_model_path), adapter_dir, output_dir, **kw)
 

@@ -29,9 +29,10 @@ def adapter_base(name: str) -> str | None:
     if not cfg.is_file():
         return None
     try:
-        base = json.loads(cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        data = json.loads(cfg.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{cfg} is not valid JSON") from None
+    base = data.get("base_model_name_or_path") if isinstance(data, dict) else None
     if not base:
         raise UserError(f"{cfg} does not name its base model (base_model_name_or_path)")
     return base

@@ -40,13 +40,29 @@ def atomic_write_json(path: str | Path, data) -> None:
 
 
 @contextmanager
-def atomic_dir(path: str | Path):
-    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename."""
+def atomic_dir(path: str | Path, *, internal: bool = False):
+    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename.
+
+    By default `path` is an output a user may have named: the new folder carries seal-tt's marker
+    (`core.outputs`), and an existing `path` is replaced only if empty or marked, never a folder seal-tt did not
+    write. `internal=True`: a folder inside seal-tt's own run folders or caches (a checkpoint, an adapter, a
+    conversion), swapped whatever it holds, as a resume rewrites it.
+    """
+    from core.outputs import replaceable, write_marker
+
     path = Path(path)
+    if not internal and path.exists() and not replaceable(path):
+        raise UserError(f"{path} exists and was not written by seal-tt: it is never replaced; choose another folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        if not internal:
+            write_marker(tmp)
+            # Checked again: the folder may have appeared, or filled, while the output was written.
+            if path.exists() and not replaceable(path):
+                raise UserError(f"{path} was filled by someone else while seal-tt wrote it; nothing was replaced "
+                                "(choose another folder)")
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -115,17 +131,42 @@ def complete_groups(path: str | Path, key, k: int) -> dict[str, list[dict]]:
     return complete
 
 
+# What a run folder holds before any work is done: its settings, where it came from, how its data were split,
+# tracker logs. Anything else is finished work (a record, an adapter, a checkpoint), and is never deleted.
+SCAFFOLDING = frozenset({CONFIG_NAME, "provenance.json", "splits.json"})
+LOGS = frozenset({"tensorboard", "wandb"})
+
+
+def holds_finished_work(path: str | Path) -> bool:
+    """Whether the run folder `path` holds any finished work: a non-empty file other than its scaffolding."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    for item in path.rglob("*"):
+        rel = item.relative_to(path)
+        if rel.parts[0] in LOGS or (len(rel.parts) == 1 and rel.name in SCAFFOLDING):
+            continue
+        if item.is_file() and not item.is_symlink() and item.stat().st_size > 0:
+            return True
+    return False
+
+
 @contextmanager
 def removed_on_user_error(path: str | Path):
-    """A run folder this call creates is removed again if a user error stops it: nothing half-written stays."""
+    """A run folder this call creates is removed again if a user error stops it before any work is finished;
+    once something is finished it stays (a rerun resumes from it), and the error says so."""
     path = Path(path)
     created = not path.exists()
     try:
         yield
-    except UserError:
-        if created:
+    except UserError as err:
+        if not created:
+            raise
+        if not holds_finished_work(path):
             shutil.rmtree(path, ignore_errors=True)
-        raise
+            raise
+        raise UserError(f"{err}; the finished work in {path} was kept: the same command with the same --output "
+                        "resumes from it (--force to change a setting)") from None
 
 
 def finished_report(run: "RunDir", name: str, force: bool) -> dict | None:
@@ -153,8 +194,11 @@ class RunDir:
         return self.path.exists() and any(self.path.iterdir())
 
     def check_writable(self) -> None:
+        from core.outputs import check_writable
+
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"output {self.path} exists and is not a folder")
+        check_writable(self.path)
 
     def start(self, config, *, force: bool = False, ignore: tuple[str, ...] = ()) -> bool:
         """Create or reopen the run. Returns True when resuming an existing run."""
@@ -201,3 +245,32 @@ def _diff(old, new, prefix="", ignore=(), defaults=None) -> list[str]:
         elif old.get(k) != new.get(k):
             out.append(f"{key}: {old.get(k)!r} -> {new.get(k)!r}")
     return out
+
+
+def fsync_tree(path: str | Path) -> None:
+    """Every file and folder under `path` (and `path`) on disk, not only in the page cache: what a rename of it or
+    a record naming it is about to commit survives a power loss whole."""
+    path = Path(path)
+    if path.is_dir():
+        for root, dirs, files in os.walk(path, topdown=False):
+            for name in files:
+                _fsync(Path(root) / name, os.O_RDONLY)
+            for name in dirs:
+                if not (Path(root) / name).is_symlink():
+                    fsync_dir(Path(root) / name)
+        fsync_dir(path)
+    else:
+        _fsync(path, os.O_RDONLY)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """A folder's entries (a rename into it, a file created in it) on disk."""
+    _fsync(Path(path), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -99,6 +99,10 @@ def prepare(config: AdaptConfig) -> tuple[list[Document], dict[str, list[str]] |
     if config.teacher.generation.num_samples < 1:
         raise UserError("teacher.generation.num_samples must be at least 1")
     check_executor(config)
+    from core.lora import check_lora_targets
+
+    # Last: it reads the student's config (seconds), after every check that reads nothing.
+    check_lora_targets(config.student.model, config.student.lora, "student.lora.target_modules")
     return docs, given
 
 
@@ -205,6 +209,9 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool,
     reported = docs
     t0 = time.perf_counter()
     if sharded:
+        from core.adapter_base import write_record
+
+        write_record(run / "adapter", engine.base)  # written by the training job, which records no base
         engine.load_adapter(run / "adapter")
         train_stats.append({"document": None, **sharded_stats})
         t1 = time.perf_counter()
@@ -230,7 +237,8 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool,
             from core.adapters import merge_adapter
 
             m = config.student.model
-            merge_adapter(m.path, run / "adapter", run / "merged", dtype=m.dtype, trust_remote_code=m.trust_remote_code)
+            merge_adapter(m.path, run / "adapter", run / "merged", dtype=m.dtype, trust_remote_code=m.trust_remote_code,
+                          internal=True)
         t1 = time.perf_counter()
         after = knowledge.evaluate(engine, docs, ev, grader)
         timings["eval_after_seconds"] = time.perf_counter() - t1
@@ -248,6 +256,11 @@ def _run(config: AdaptConfig, docs: list[Document], run: RunDir, progress: bool,
         timings["train_and_eval_seconds"] = time.perf_counter() - t0
 
     report = _report(config, reported, edits, before, after, train_stats, timings)
+    if config.mode == "per_document":
+        # Folder names follow the order of all documents, failed ones included: `ask --run` reads them here.
+        names = _adapter_names(docs)
+        for entry in report["per_document"]:
+            entry["adapter"] = f"adapters/{names[entry['id']]}"
     if open_book is not None:
         from pipeline.tasks.ceiling import ceiling_report
 
@@ -378,12 +391,14 @@ class AdapterWriter:
         self.model = model
         self.lora = lora
         self._skeleton = None
+        self._base = None  # the student's identity, recorded beside each adapter (core/adapter_base.py)
 
     def skeleton(self):
         if self._skeleton is None:
             from accelerate import init_empty_weights
             from transformers import AutoConfig, AutoModelForCausalLM
 
+            from core.adapter_base import Base
             from core.lora import wrap_with_lora
             from core.models import resolve_model_path
 
@@ -393,15 +408,19 @@ class AdapterWriter:
             with init_empty_weights():
                 base = AutoModelForCausalLM.from_config(cfg, trust_remote_code=m.trust_remote_code)
             self._skeleton = wrap_with_lora(base, self.lora)
+            self._base = Base(m.path, cfg)
         return self._skeleton
 
     def save(self, state: dict, out_dir: str | Path) -> Path:
         from core.adapters import verify_adapter
         from core.rundir import atomic_dir
 
-        with atomic_dir(out_dir) as tmp:
+        from core.adapter_base import write_record
+
+        with atomic_dir(out_dir, internal=True) as tmp:
             self.skeleton().save_pretrained(tmp, safe_serialization=True, state_dict=state)
             verify_adapter(tmp, expected=state)
+            write_record(tmp, self._base)
         return Path(out_dir)
 
 
@@ -437,7 +456,8 @@ def training_texts_by_document(config: AdaptConfig, docs: list[Document], edits:
             raise UserError(
                 f"the teacher's self-edits for document {doc.id!r} yield no training text "
                 f"(all {config.teacher.generation.num_samples} samples empty after splitting); "
-                "try a larger teacher.generation.max_new_tokens or another self_edit.prompt"
+                "try a larger teacher.generation.max_new_tokens or another self_edit.prompt with a new --output "
+                "(a rerun into this one reuses these self-edits)"
             )
         if config.self_edit.include_passage:
             texts_by_doc[doc.id] += [knowledge.with_title(doc, p.text, config.self_edit)
@@ -532,7 +552,11 @@ def write_self_edits(config: AdaptConfig, docs: list[Document], path: Path, *, e
     self-edits from one loaded teacher; called only when something is left to sample."""
     k = config.teacher.generation.num_samples
     done = complete_groups(path, _unit_key, k)
-    todo = [(d, p) for d, p in units(docs, plan) if p.id not in done]
+    pairs = units(docs, plan)
+    todo = [(d, p) for d, p in pairs if p.id not in done]
+    if len(todo) < len(pairs):
+        say(f"self-edits: those of {len(pairs) - len(todo)} of {len(pairs)} passages reused from {path}"
+            + (f"; {len(todo)} to write" if todo else "; the teacher is not loaded"))
     if todo:
         prompts = dict(zip([p.id for _, p in todo], knowledge.teacher_prompts([p for _, p in todo], config.self_edit)))
         from contextlib import nullcontext

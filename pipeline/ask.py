@@ -39,8 +39,11 @@ def _lora_from(adapter_dir: Path) -> LoraSettings:
     from core.adapters import adapter_config
 
     cfg = adapter_config(adapter_dir)
-    return LoraSettings(r=int(cfg["r"]), alpha=int(cfg.get("lora_alpha", cfg["r"])), dropout=0.0,
-                        target_modules=sorted(cfg["target_modules"]))
+    r, modules = cfg.get("r"), cfg.get("target_modules")
+    if not isinstance(r, int) or r < 1 or not isinstance(modules, list) or not modules:
+        raise UserError(f"{Path(adapter_dir) / 'adapter_config.json'} is not a LoRA config seal-tt reads "
+                        "(it needs \"r\", a positive integer, and \"target_modules\", a list of module names)")
+    return LoraSettings(r=r, alpha=int(cfg.get("lora_alpha", r)), dropout=0.0, target_modules=sorted(modules))
 
 
 def _answering(ev: EvalSettings) -> EvalSettings:
@@ -58,32 +61,41 @@ def _engine(model: ModelSettings, lora: LoraSettings):
     return StudentEngine(model, lora)
 
 
-def open_store(path: str | Path) -> Asker:
-    from pipeline.store.layout import Store, active_documents
+def open_store(path: str | Path, state: dict | None = None, *, force: bool = False) -> Asker:
+    """The store's student with `state` applied (default: the committed state read now); `force`: load adapters
+    recorded for another base than the store's student is now (with a warning)."""
+    from pipeline.store.layout import Store
     from pipeline.store.student import StoreStudent
 
     store = Store(path)
     manifest = store.manifest()
-    state = store.state()
+    state = store.state() if state is None else state
     fixed = manifest["settings"]
     model = ModelSettings(**fixed["student.model"])
     student = StoreStudent(_engine(model, LoraSettings(**fixed["student.lora"])), fixed["strategy"],
                            _answering(EvalSettings(**fixed["student.eval"])))
+    student.force = force
     student.load(store, state)
+    return Asker(student, store_describe(fixed["strategy"], state))
+
+
+def store_describe(strategy: str, state: dict) -> dict:
+    """Adapter number (None for one-adapter students) -> (label, document ids) for a store's committed `state`."""
+    from pipeline.store.layout import active_documents
+
     active = active_documents(state)
     ids = [k.rsplit("@", 1)[0] for k in active]
     accepted = [u for u in state["updates"] if u.get("accepted")]
-    if fixed["strategy"] == "library":
-        describe = {u["number"]: (f"update {u['number']}", [k.rsplit("@", 1)[0] for k, e in active.items()
-                                                           if e["update"] == u["number"]]) for u in accepted}
-    else:
-        label = {"joint": f"one adapter trained on all (update {accepted[-1]['number']})" if accepted else "",
-                 "merge": f"{len(accepted)} updates merged", "replay": f"{len(accepted)} updates merged"}[fixed["strategy"]]
-        describe = {None: (label, ids)} if accepted else {}
-    return Asker(student, describe)
+    if strategy == "library":
+        return {u["number"]: (f"update {u['number']}", [k.rsplit("@", 1)[0] for k, e in active.items()
+                                                        if e["update"] == u["number"]]) for u in accepted}
+    label = {"joint": f"one adapter trained on all (update {accepted[-1]['number']})" if accepted else "",
+             "merge": f"{len(accepted)} updates merged", "replay": f"{len(accepted)} updates merged"}[strategy]
+    return {None: (label, ids)} if accepted else {}
 
 
-def open_adapter(adapter: str | Path, student_model: str, eval_settings: EvalSettings | None = None) -> Asker:
+def open_adapter(adapter: str | Path, student_model: str, eval_settings: EvalSettings | None = None, *,
+                 force: bool = False, run: Path | None = None) -> Asker:
     from core.models import check_model_reference
     from pipeline.store.student import StoreStudent, read_state
 
@@ -92,18 +104,17 @@ def open_adapter(adapter: str | Path, student_model: str, eval_settings: EvalSet
     lora = _lora_from(adapter)
     engine = _engine(ModelSettings(path=student_model), lora)
     st = StoreStudent(engine, "joint", _answering(eval_settings or EvalSettings()))
-    st.live = read_state(engine, adapter)
+    st.live = read_state(engine, adapter, force=force, run=run)
     engine.load_adapter_state(st.live)
     return Asker(st, {None: (str(adapter), [])})
 
 
-def open_run(run: str | Path) -> Asker:
+def open_run(run: str | Path, *, force: bool = False) -> Asker:
     """An adapt-student run folder: its student, its eval settings, its adapter (or per-document adapters)."""
     import yaml
 
     from core.config import AdaptConfig, load_config
     from core.rundir import read_jsonl
-    from pipeline.adapt import adapter_name
     from pipeline.store.router import LexicalRouter
     from pipeline.store.student import StoreStudent, read_state, routing_text
 
@@ -116,36 +127,54 @@ def open_run(run: str | Path) -> Asker:
     if report.get("task") != "knowledge":
         raise UserError(f"{run} is not a knowledge run; `ask` answers questions about documents")
     if report.get("mode", "joint") == "joint":
-        asker = open_adapter(run / "adapter", config.student.model.path, config.student.eval)
+        asker = open_adapter(run / "adapter", config.student.model.path, config.student.eval, force=force, run=run)
         asker.describe = {None: (str(run / "adapter"), [d["id"] for d in report["per_document"]])}
         return asker
     ids = [d["id"] for d in report["per_document"]]
     titles = {d["id"]: d.get("title") or "" for d in report["per_document"]}
-    folders = {i: run / "adapters" / adapter_name(n, i) for n, i in enumerate(ids)}
+    folders = {d["id"]: _document_adapter(run, n, d) for n, d in enumerate(report["per_document"])}
     engine = _engine(config.student.model, config.student.lora)
     st = StoreStudent(engine, "library", _answering(config.student.eval))
     texts: dict[str, list[str]] = {i: [] for i in ids}
     for rec in read_jsonl(run / "self_edits.jsonl"):
         texts.setdefault(rec["document"], []).extend(rec.get("training_texts", []))
     for n, i in enumerate(ids):
-        st.library[n] = read_state(engine, folders[i])
+        st.library[n] = read_state(engine, folders[i], force=force, run=run)
     st.holder = {i: n for n, i in enumerate(ids)}
     # The run keeps no copy of its documents: routing reads the titles and the self-edits (which restate them).
     st.router = LexicalRouter({i: routing_text(titles[i], "", texts[i]) for i in ids})
     return Asker(st, {n: (str(folders[i]), [i]) for n, i in enumerate(ids)})
 
 
-def open_asker(*, store=None, run=None, adapter=None, student=None) -> Asker:
+def _document_adapter(run: Path, position: int, entry: dict) -> Path:
+    """The adapter folder adapt-student wrote for a report entry: the name it recorded there; in a run from before
+    names were recorded, the one numbered by the document's position among all documents, which is the report's
+    position unless a document failed, else the one folder named for this document."""
+    from pipeline.adapt import adapter_name
+
+    if entry.get("adapter"):
+        return run / entry["adapter"]
+    guess = run / "adapters" / adapter_name(position, entry["id"])
+    if guess.is_dir():
+        return guess
+    suffix = adapter_name(0, entry["id"])[4:]  # "_<safe id>"
+    found = [p for p in (run / "adapters").glob(f"*{suffix}") if p.name[:4].isdigit() and p.name[4:] == suffix]
+    if len(found) == 1:
+        return found[0]
+    raise UserError(f"{run}: no adapter folder for document {entry['id']!r} under adapters/ (expected {guess.name})")
+
+
+def open_asker(*, store=None, run=None, adapter=None, student=None, force: bool = False) -> Asker:
     given = [x for x in (store, run, adapter) if x]
     if len(given) != 1:
         raise UserError("ask: give exactly one of --store DIR, --run DIR or --adapter DIR (with --student MODEL)")
     if store:
-        return open_store(store)
+        return open_store(store, force=force)
     if run:
-        return open_run(run)
+        return open_run(run, force=force)
     if not student:
         raise UserError("ask --adapter needs --student MODEL (the base the adapter was trained on)")
-    return open_adapter(adapter, student)
+    return open_adapter(adapter, student, force=force)
 
 
 def read_questions(path: str | Path) -> list[str]:
@@ -153,10 +182,27 @@ def read_questions(path: str | Path) -> list[str]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"questions file not found: {p}")
-    text = p.read_text(encoding="utf-8")
-    if p.suffix.lower() in (".jsonl", ".json"):
-        rows = json.loads(text) if p.suffix.lower() == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
-        if not all(isinstance(r, dict) and isinstance(r.get("question"), str) for r in rows):
-            raise UserError(f"{p}: every item needs a \"question\" string")
-        return [r["question"] for r in rows]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{p} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    if p.suffix.lower() == ".json":
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{p} is not valid JSON ({err.msg}, line {err.lineno})") from None
+        if not isinstance(rows, list):
+            raise UserError(f"{p}: expected a JSON list of {{\"question\": ...}} objects, got a {type(rows).__name__}")
+    elif p.suffix.lower() == ".jsonl":
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{p}: line {i} is not valid JSON ({err.msg})") from None
+    else:
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    if not all(isinstance(r, dict) and isinstance(r.get("question"), str) for r in rows):
+        raise UserError(f"{p}: every item needs a \"question\" string")
+    return [r["question"] for r in rows]

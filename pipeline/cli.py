@@ -85,7 +85,10 @@ def init_tiny(
     if corpus is not None:
         if not corpus.is_file():
             raise UserError(f"corpus file not found: {corpus}")
-        text = corpus.read_text(encoding="utf-8")
+        try:
+            text = corpus.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"corpus {corpus} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     for a in arch:
         if a not in ARCHITECTURES:
             raise UserError(f"unknown --arch {a!r}; choose from {', '.join(ARCHITECTURES)}")
@@ -152,6 +155,9 @@ def train_teacher_cmd(
     task: Optional[str] = typer.Option(None, help="knowledge (default) or arc."),
     arc_tasks: Optional[str] = typer.Option(None, "--arc-tasks", help="ARC challenges JSON (with --task arc)."),
     arc_solutions: Optional[str] = typer.Option(None, "--arc-solutions", help="ARC solutions JSON."),
+    warm_start: Optional[list[str]] = typer.Option(
+        None, "--warm-start", help="SFT the teacher on these (prompt, completion) pairs before round 1: a JSONL of "
+        "{prompt, completion} or a JSON list of {title, context, completions} (repeatable; adds to warm_start.files)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (e.g. configs/knowledge_squad.yaml)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     force: bool = typer.Option(False, help="Resume even though the config changed."),
@@ -164,6 +170,7 @@ def train_teacher_cmd(
     flags = {"data.docs": docs, "teacher.model.path": teacher, "student.model.path": student, "rounds": rounds,
              "output": output, "task": task, "arc.challenges": arc_tasks, "arc.solutions": arc_solutions}
     cfg = _load(TrainTeacherConfig, config, flags, set_)
+    cfg.warm_start.files = [*cfg.warm_start.files, *(warm_start or [])]
     _quiet_libraries(quiet)
     metrics = train_teacher(cfg, force=force, progress=not quiet)
     from pipeline.rest_em import summary_markdown
@@ -278,6 +285,7 @@ def ask_cmd(
     student: Optional[str] = typer.Option(None, help="The adapter's base model (with --adapter)."),
     questions: Optional[str] = typer.Option(None, "--questions", help="A .txt (one per line) or .jsonl of questions."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per answer."),
+    force: bool = typer.Option(False, help="Apply an adapter that records another base model (with a warning)."),
 ):
     """Answer questions with an adapted student, saying which adapter answered and which documents it holds."""
     from pipeline.ask import open_asker, read_questions
@@ -286,7 +294,7 @@ def ask_cmd(
         raise UserError("ask: give a question or --questions FILE, not both")
     batch = [question] if question is not None else read_questions(questions) if questions else None
     _quiet_libraries(True)
-    asker = open_asker(store=store, run=run, adapter=adapter, student=student)
+    asker = open_asker(store=store, run=run, adapter=adapter, student=student, force=force)
 
     def show(results):
         import json
@@ -315,21 +323,112 @@ def ask_cmd(
     show(asker.ask([line.strip() for line in sys.stdin if line.strip()]))
 
 
+@app.command("serve")
+def serve_cmd(
+    store: Optional[str] = typer.Option(None, "--store", help="Serve a knowledge store's current student."),
+    run: Optional[str] = typer.Option(None, "--run", help="Serve an adapt-student run folder's adapter(s)."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Serve this adapter folder (with --student)."),
+    student: Optional[str] = typer.Option(None, help="The adapter's base model (with --adapter)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (this machine only by default)."),
+    port: int = typer.Option(8000, help="Port (0: any free port, printed on start)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SEAL_TT_API_KEY",
+                                          help="Require Authorization: Bearer KEY (or env SEAL_TT_API_KEY)."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="The model id (default: the folder's name)."),
+    max_tokens_limit: int = typer.Option(512, "--max-tokens-limit", help="The most tokens one answer may have."),
+    queue_size: int = typer.Option(16, "--queue-size", help="Requests waiting for the model; past it, 503."),
+):
+    """Serve the student over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health); a store's
+    committed updates are picked up between requests, without a restart."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UserError("seal-tt serve needs FastAPI and uvicorn: pip install 'seal-tt[serve]'") from None
+    from pipeline.serve.app import listen, serve
+    from pipeline.serve.protocol import Limits
+    from pipeline.serve.resident import Resident
+
+    if max_tokens_limit < 1 or queue_size < 1:
+        raise UserError("--max-tokens-limit and --queue-size must be at least 1")
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: serving on {host} without --api-key: anyone who can reach this port can query the model",
+              file=sys.stderr)
+    sock = listen(host, port)
+    _quiet_libraries(True)
+    resident = Resident(store=store, run=run, adapter=adapter, student=student, model_name=model_name)
+    serve(resident, sock, api_key=api_key, limits=Limits(max_tokens=max_tokens_limit), queue_size=queue_size,
+          ready=lambda line: print(line, flush=True))
+
+
+@app.command("export")
+def export_cmd(
+    store: str = typer.Option(..., "--store", help="The knowledge store whose current student is exported."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write (a PEFT adapter, or a model with --merged)."),
+    merged: bool = typer.Option(False, "--merged", help="A plain model folder (safetensors) with the updates folded in."),
+    force: bool = typer.Option(False, help="Replace an existing --output that seal-tt wrote earlier."),
+    max_lora_rank: int = typer.Option(512, "--max-lora-rank", help="Warn past this total rank (vLLM's cap)."),
+    format_: str = typer.Option("peft", "--format", help="peft (a folder, as above) or gguf (--output is a .gguf "
+                                "file: the student merged, for llama.cpp)."),
+    gguf_type: str = typer.Option("f16", "--gguf-type", help="With --format gguf: f16 or q8_0 (or f32)."),
+):
+    """Export a store's current student: a standard PEFT adapter (merge/replay: the updates concatenated along the
+    rank; joint: its adapter; library: one per update and a routing manifest), or with --merged a plain model."""
+    from core.outputs import check_output_folder
+    from pipeline.export import export_store
+
+    if format_ == "gguf":
+        from core.progress import say
+        from pipeline.export_gguf import export_to_gguf
+
+        _quiet_libraries(True)
+        typer.echo(export_to_gguf(output, store=store, dtype=gguf_type, force=force, say=say)["file"])
+        return
+    if format_ != "peft":
+        raise UserError(f"--format must be peft or gguf, got {format_!r}")
+    output = check_output_folder(output, force=force)
+    _quiet_libraries(True)
+    summary = export_store(store, output, merged=merged, max_lora_rank=max_lora_rank)
+    typer.echo(str(summary["output"]))
+
+
+@app.command("export-gguf")
+def export_gguf_cmd(
+    source: str = typer.Argument(..., help="A model folder, or a .gguf file (a student adapted from it)."),
+    output: Path = typer.Argument(..., help="The .gguf file to write."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA adapter to merge into SOURCE first."),
+    type_: str = typer.Option("f16", "--type", help="f16 or q8_0 (or f32)."),
+    force: bool = typer.Option(False, help="Replace an existing OUTPUT that seal-tt wrote earlier."),
+    lora: bool = typer.Option(False, "--lora", help="Write only --adapter, as a llama.cpp LoRA GGUF to load with "
+                              "SOURCE (llama.cpp --lora), not merged."),
+):
+    """Write a Llama or Qwen2 model (optionally with a LoRA merged in) as a GGUF file llama.cpp loads; a model from
+    a GGUF file keeps that file's tokenizer. A store's student: `seal-tt export --store S --format gguf`."""
+    from core.progress import say
+    from pipeline.export_gguf import export_to_gguf
+
+    _quiet_libraries(True)
+    typer.echo(export_to_gguf(output, source, adapter=adapter, dtype=type_, force=force, lora=lora, say=say)["file"])
+
+
 @app.command("merge")
 def merge_cmd(
     base: str = typer.Option(..., help="Base model: hub id, local folder or .gguf file."),
     adapter: Path = typer.Option(..., help="Adapter folder (adapter_config.json + adapter_model.safetensors)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged model."),
     trust_remote_code: bool = typer.Option(False, help="Allow the model's own code to run."),
+    force: bool = typer.Option(False, help="Replace an existing --output that seal-tt wrote earlier; merge an "
+                               "adapter that records another base model (with a warning)."),
 ):
     """Fold a LoRA adapter into its base model and save a plain model (safetensors)."""
     from core.models import check_model_reference
     from core.adapters import adapter_config, merge_adapter
+    from core.outputs import check_output_folder
 
     _quiet_libraries(False)
+    output = check_output_folder(output, force=force)
     check_model_reference(base, "base")
     adapter_config(adapter)
-    typer.echo(str(merge_adapter(base, adapter, output, trust_remote_code=trust_remote_code)))
+    typer.echo(str(merge_adapter(base, adapter, output, trust_remote_code=trust_remote_code, force=force)))
 
 
 @app.command("convert-gguf")
@@ -337,14 +436,17 @@ def convert_gguf_cmd(
     file: Path = typer.Argument(..., help="A .gguf file (or a folder holding one)."),
     output: Path = typer.Argument(..., help="Folder for the plain safetensors model (model, tokenizer, config)."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16: what the weights are dequantized to."),
+    force: bool = typer.Option(False, help="Replace an existing output folder that seal-tt wrote earlier."),
 ):
     """Convert a GGUF model into a safetensors model folder that any seal-tt command (and transformers) loads.
 
     Naming a .gguf file as --teacher / --student / --base does this by itself, once, into the cache.
     """
     from core.gguf import convert_gguf, gguf_file
+    from core.outputs import check_output_folder
 
     _quiet_libraries(False)
+    output = check_output_folder(output, force=force, flag="output")
     found = gguf_file(file)
     if found is None:
         raise UserError(f"{file}: not a .gguf file or a folder holding one")

@@ -22,9 +22,16 @@ from core.errors import UserError
 from pipeline.documents import Document, load_documents
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+
+
 def _read_json_lines(path: Path) -> list[dict]:
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -121,6 +128,7 @@ def load_edits(path: str | Path, docs: list[Document] | None, *, start: int = 0,
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"self-edits file not found: {path}")
+    _read_text(p)  # a file in another encoding is named as such, not as a wrong format
     if is_paper_json(p):
         if docs:
             raise UserError(f"{p} holds its own passages and questions (the paper's format); leave out --docs")

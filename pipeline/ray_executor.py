@@ -4,7 +4,10 @@ Placement is per phase: `run` starts the workers (one GPU each on GPU nodes, `ex
 on CPU machines, fractional allowed), keeps `executor.in_flight` items queued on each, and kills them when the phase
 ends, so teacher sampling and the M-step find the devices free. A worker process that dies is restarted by Ray (at
 most `executor.max_restarts` times) and its items go back to the queue for any worker; an item that raises is
-retried up to `executor.max_tries` times, then reported as failed.
+retried up to `executor.max_tries` times, then reported as failed. A restarted worker must answer a ping within
+`executor.ping_timeout_s`; one that cannot start again, or stays silent, counts as another death, so a worker that
+will never come back uses up its restarts instead of holding the phase open. With no worker left, the items not
+yet scored are reported as failed and the phase ends.
 
 Ray is an optional extra (`pip install 'seal-tt[ray]'`), imported only here. With `executor.address` unset a local
 cluster is started in this process (no dashboard, a small object store); `address=auto` or `host:port` joins one
@@ -120,9 +123,24 @@ class RayExecutor:
         tries: dict[str, int] = {}
         seen_on: dict[str, list[str]] = {}
         in_flight: dict = {}  # ref -> (worker, item or None for a ping, incarnation)
+        back_by: dict[int, float] = {}  # restarting worker -> when its silence counts as another death
 
         def alive(i):
             return deaths[i] <= s.max_restarts
+
+        def ping(i):
+            in_flight[actors[i].ping.remote()] = (i, None, lives[i])
+
+        def died(i, final=False):
+            """One more death of worker i (`final`: Ray will not restart it); it gets no items until a ping says it
+            is back."""
+            deaths[i] = s.max_restarts + 1 if final else deaths[i] + 1
+            lives[i] += 1
+            ready[i] = False
+            back_by.pop(i, None)
+            if alive(i):
+                back_by[i] = time.monotonic() + s.ping_timeout_s
+                ping(i)
 
         def feed():
             for i in range(n):
@@ -135,18 +153,41 @@ class RayExecutor:
             feed()
             while in_flight or pending:
                 if not in_flight:
-                    raise RuntimeError(f"every Ray worker died more than executor.max_restarts={s.max_restarts} "
-                                       "times; see the Ray logs (/tmp/ray/session_latest/logs)")
-                (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+                    # Every worker used up its restarts (an alive, unready worker always has a ping out).
+                    error = (f"no Ray worker left: every worker died more than executor.max_restarts={s.max_restarts} "
+                             "times; see the Ray logs (/tmp/ray/session_latest/logs)")
+                    while pending:
+                        item = pending.popleft()
+                        yield item, None, Failure(item.key, tries.get(item.key, 0), error, error,
+                                                  seen_on.get(item.key, []))
+                    break
+                wait = max(0.0, min(back_by.values()) - time.monotonic()) if back_by else None
+                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait)
+                if not done:  # a restart hangs, or the worker cannot be placed again
+                    now = time.monotonic()
+                    for i in [i for i, due in back_by.items() if due <= now]:
+                        for ref in [r for r, (w, it, _) in in_flight.items() if w == i and it is None]:
+                            del in_flight[ref]
+                        died(i)
+                    feed()
+                    continue
+                (ref,) = done
                 i, item, life = in_flight.pop(ref)
                 if item is None:  # a ping to a restarting worker
                     try:
                         ray.get(ref)
                         ready[i] = True
-                    except ray.exceptions.RayError:
-                        if alive(i):
+                        back_by.pop(i, None)
+                    except ray.exceptions.ActorUnavailableError:  # still restarting
+                        if time.monotonic() < back_by[i]:
                             time.sleep(0.5)
-                            in_flight[actors[i].ping.remote()] = (i, None, lives[i])
+                            ping(i)
+                        else:
+                            died(i)
+                    except ray.exceptions.ActorDiedError:  # its restart raised, or Ray gave up on it
+                        died(i, final=True)
+                    except ray.exceptions.RayError:
+                        died(i)
                     feed()
                     continue
                 load[i] -= 1
@@ -165,11 +206,7 @@ class RayExecutor:
                         # The first news of this death: the item it was running is charged a try; the others
                         # queued on that worker go back to the queue free, and the worker gets no more until it
                         # answers a ping after its restart.
-                        deaths[i] += 1
-                        lives[i] += 1
-                        ready[i] = False
-                        if alive(i):
-                            in_flight[actors[i].ping.remote()] = (i, None, lives[i])
+                        died(i)
                         failure = self._retry(item, tries, seen_on, pending, f"worker died: {one_line(err)}",
                                               str(err), f"worker {i}")
                         if failure is not None:

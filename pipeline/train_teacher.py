@@ -58,8 +58,33 @@ def prepare(config: TrainTeacherConfig):
     if config.task == "arc":
         from pipeline.tasks.arc.rest import arc_setup
 
-        return arc_setup(config)
-    return _knowledge_setup(config)
+        task, rounds, heldout = arc_setup(config)
+    else:
+        task, rounds, heldout = _knowledge_setup(config)
+    _check_models(config, task, rounds)
+    if config.warm_start.files:
+        from pipeline.warm_start import check_warm_start
+
+        check_warm_start(config, task, heldout)  # no evaluated passage among its pairs
+    return task, rounds, heldout
+
+
+def _check_models(config: TrainTeacherConfig, task, rounds: list[list]) -> None:
+    """What the models must fit, from their configs and the teacher's tokenizer only (seconds): said now rather
+    than after an E-step's hours."""
+    from core.lora import check_lora_targets
+
+    check_lora_targets(config.student.model, config.student.lora, "student.lora.target_modules")
+    if config.rounds < 1:
+        return
+    from core.models import load_tokenizer
+    from teacher.sft import check_prompts_fit
+
+    teacher = config.teacher.model
+    check_lora_targets(teacher, config.m_step.lora, "m_step.lora.target_modules")
+    prompts = [task.prompt(c) for contexts in rounds[: config.rounds] for c in contexts]
+    check_prompts_fit(load_tokenizer(teacher.path, trust_remote_code=teacher.trust_remote_code), prompts,
+                      config.m_step, config.teacher.generation.use_chat_template)
 
 
 def train_teacher(config: TrainTeacherConfig, *, force: bool = False, progress: bool = True) -> list[dict]:

@@ -660,12 +660,28 @@ class StudentEngine:
         """Standard PEFT layout (adapter_config.json + adapter_model.safetensors), checked after writing."""
         from core.adapters import save_peft_adapter
 
-        return save_peft_adapter(self.model, out_dir, expected=self.adapter_state())
+        return save_peft_adapter(self.model, out_dir, expected=self.adapter_state(), base=self.base)
 
-    def load_adapter(self, adapter_dir: str | Path) -> None:
+    def load_adapter(self, adapter_dir: str | Path, *, force: bool = False) -> None:
+        self.load_adapter_state(self.read_adapter(adapter_dir, force=force))
+
+    def read_adapter(self, adapter_dir: str | Path, *, force: bool = False, run: str | Path | None = None) -> dict:
+        """A saved adapter's tensors for this student, refused if it records another base (`core.adapter_base`;
+        `run`: the run folder whose provenance names the base of an adapter that records none)."""
+        from core.adapter_base import check_base
         from core.adapters import read_adapter_state
 
-        self.load_adapter_state(read_adapter_state(adapter_dir, self._lora, adapter_name=ADAPTER))
+        check_base(adapter_dir, self.base, force=force, run=run)
+        return read_adapter_state(adapter_dir, self._lora, adapter_name=ADAPTER, base_name=self.settings.path)
+
+    @property
+    def base(self):
+        """The model under the LoRA (its content hash computed once, when first needed)."""
+        if getattr(self, "_base", None) is None:
+            from core.adapter_base import Base
+
+            self._base = Base(self.settings.path, self.model.config)
+        return self._base
 
 
 class _StopOnTokens:

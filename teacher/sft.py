@@ -118,10 +118,26 @@ def sft_lora(peft_model, tokenizer, pairs: list[dict], settings: MStepSettings, 
         shutil.rmtree(work, ignore_errors=True)
 
 
+def check_prompts_fit(tokenizer, prompts: list[str], settings: MStepSettings, use_chat_template: str) -> None:
+    """Every M-step prompt leaves room for a completion under m_step.max_length: TRL cuts each example at its end,
+    so a prompt that fills it leaves nothing to learn. Checked from the tokenizer alone, before the E-step."""
+    from core.models import encode_prompt
+
+    chat = use_chat(tokenizer, use_chat_template)
+    over = [n for n in (len(encode_prompt(tokenizer, p, chat)) for p in prompts) if n >= settings.max_length]
+    if over:
+        raise UserError(
+            f"m_step.max_length={settings.max_length} leaves no room for a self-edit after the teacher's prompt of "
+            f"{len(over)} of {len(prompts)} training contexts (the longest: {max(over)} tokens); "
+            "raise m_step.max_length"
+        )
+
+
 def merge_teacher(model: ModelSettings, adapter: str | Path, out_dir: str | Path) -> Path:
     from core.adapters import merge_adapter
 
-    return merge_adapter(model.path, adapter, out_dir, dtype=model.dtype, trust_remote_code=model.trust_remote_code)
+    return merge_adapter(model.path, adapter, out_dir, dtype=model.dtype, trust_remote_code=model.trust_remote_code,
+                         internal=True)
 
 
 def check_deepspeed_config(path: str | None) -> None:

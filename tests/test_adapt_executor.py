@@ -73,8 +73,8 @@ def _same_adapter_files(a: Path, b: Path) -> None:
     the process's hash order)."""
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted(p.name for p in b.iterdir()) == ["README.md", "adapter_config.json",
-                                                            "adapter_model.safetensors"]
-    for name in ("README.md", "adapter_model.safetensors"):
+                                                            "adapter_model.safetensors", "seal_tt_base.json"]
+    for name in ("README.md", "adapter_model.safetensors", "seal_tt_base.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), f"{a / name} differs from {b / name}"
     ca, cb = (json.loads((p / "adapter_config.json").read_text()) for p in (a, b))
     ca["target_modules"], cb["target_modules"] = sorted(ca["target_modules"]), sorted(cb["target_modules"])
@@ -204,6 +204,23 @@ def test_a_document_that_always_fails_ends_the_command_naming_it_and_a_rerun_ret
     assert report["before"]["questions"] == report["after"]["questions"] == 4
     assert sorted(p.name for p in (out / "adapters").iterdir()) == ["0000_bridge", "0002_mill_old"]
     assert [r["document"] for r in _lines(out / ".work/per_document.jsonl")] == ["bridge", "mill/old"]
+    assert [d["adapter"] for d in report["per_document"]] == ["adapters/0000_bridge", "adapters/0002_mill_old"]
+
+    # `ask` finds each adapter by the name it was given (the second document's is 0002, not the report's 0001) ...
+    def asked(question):
+        with pytest.raises(SystemExit) as exc:
+            main(["ask", "--run", str(out), question, "--json"])
+        got = capsys.readouterr()
+        assert exc.value.code == 0, got.err
+        return json.loads(got.out)
+
+    answer = asked("What colour is the wheel of the old mill?")
+    assert answer["documents"] == ["mill/old"] and answer["adapter"].endswith("0002_mill_old")
+    # ... and so it does in a run from before the names were recorded
+    old = {**report, "per_document": [{k: v for k, v in d.items() if k != "adapter"} for d in report["per_document"]]}
+    (out / "report.json").write_text(json.dumps(old))
+    answer = asked("What colour is the wheel of the old mill?")
+    assert answer["documents"] == ["mill/old"] and answer["adapter"].endswith("0002_mill_old")
 
     # fixed: the rerun absorbs only the failed document and ends well with the whole report
     monkeypatch.setattr(adapt.DocumentScorer, "score", original)

@@ -122,7 +122,7 @@ CASES = ["missing path", "empty document", "non-UTF-8 document", "malformed JSON
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_is_one_line_and_leaves_nothing(case, tiny_models, tmp_path, good_doc, capsys):
+def test_bad_input_is_one_line_and_leaves_nothing_unfinished(case, tiny_models, tmp_path, good_doc, capsys):
     args, needle = _bad_inputs(tmp_path, good_doc, tiny_models["llama"])[case]
     out = tmp_path / "out"
     code, stdout, err = run_cli(["adapt-student", *args, "--output", out, "--quiet"], capsys)
@@ -130,7 +130,40 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, tiny_models, tmp_path, g
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
     assert "Traceback" not in err
-    assert not out.exists()
+    if case == "no training text":  # found after the teacher finished: its self-edits are kept, and it says so
+        assert (out / "self_edits.jsonl").exists() and "finished work" in lines[0] and "same --output" in lines[0]
+    else:
+        assert not out.exists()
+
+
+def test_a_late_error_keeps_the_finished_self_edits_and_the_rerun_reuses_them(tiny_models, squad_file, tmp_path,
+                                                                                capsys):
+    """An error after the teacher finished (here: the student's weights cannot be read) keeps self_edits.jsonl;
+    the rerun, with the student fixed, samples nothing again: it runs with the teacher's weights gone."""
+    import shutil
+
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    shutil.copytree(tiny_models["llama"], teacher)
+    shutil.copytree(tiny_models["qwen2"], student)
+    hidden = tmp_path / "student.safetensors"
+    (student / "model.safetensors").rename(hidden)
+    out = tmp_path / "run"
+    args = ["adapt-student", "--docs", squad_file, "--limit", 2, "--teacher", teacher, "--student", student,
+            "--output", out, *FAST]
+    code, _, err = run_cli(args, capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error: cannot load model") and "Traceback" not in err, err
+    assert f"the finished work in {out} was kept" in last and "same --output" in last
+    edits = (out / "self_edits.jsonl").read_text()
+    assert len(edits.splitlines()) == 4
+
+    hidden.rename(student / "model.safetensors")
+    (teacher / "model.safetensors").unlink()  # had the rerun loaded the teacher, it would fail
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "2 of 2 passages reused" in err and "the teacher is not loaded" in err
+    assert (out / "self_edits.jsonl").read_text() == edits
+    assert json.loads((out / "report.json").read_text())["self_edits"] == 4
 
 
 def test_console_script_runs_and_reports_errors(tmp_path):

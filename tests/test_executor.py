@@ -97,6 +97,22 @@ class AlwaysRaises(_Hooked):
         return super().score(engine, doc, prepared, seed)
 
 
+class CannotRestart(DiesOnce):
+    """Dies mid-item like DiesOnce, and its restarted worker cannot start again: its start raises or never ends."""
+
+    def __init__(self, marker: str, how: str):
+        super().__init__(marker)
+        self.how = how
+
+    @property
+    def scorer_class(self):  # read once as a worker starts (pipeline.work.make_scorer)
+        if os.path.exists(self.marker):
+            if self.how == "raises":
+                raise RuntimeError("this worker cannot start again")
+            time.sleep(3600)
+        return None
+
+
 def test_ray_records_equal_local_records_on_one_and_two_workers(cluster, tiny_models, squad_file):
     import torch
 
@@ -126,6 +142,25 @@ def test_a_worker_that_dies_mid_item_is_restarted_and_the_item_completes(cluster
                    .run(student, items))
     assert marker.exists(), "no worker died: the test did not test a death"
     assert _records(results) == _records(LocalExecutor(_task(), LORA).run(student, items))
+
+
+@pytest.mark.parametrize("how", ["raises", "hangs"])
+def test_a_worker_that_cannot_restart_ends_the_phase_with_its_items_failed(cluster, tiny_models, squad_file,
+                                                                          tmp_path, how):
+    from pipeline.ray_executor import RayExecutor
+
+    student = ModelSettings(path=str(tiny_models["llama"]))
+    items = _items(squad_file, n_docs=2)
+    marker = tmp_path / "died"
+    executor = RayExecutor(CannotRestart(str(marker), how), LORA,
+                           ExecutorSettings(**RAY, workers=1, ping_timeout_s=1.0))
+    results = list(executor.run(student, items))
+    assert marker.exists(), "no worker died: the test did not test a death"
+    since_death = time.time() - marker.stat().st_mtime
+    assert since_death < 30  # not waiting on the worker, whose first start took the rest
+    failed = [f for _, rec, f in results if rec is None]
+    assert sorted(f.key for f in failed) == sorted(i.key for i in items)
+    assert all("no Ray worker left" in f.error for f in failed)
 
 
 def test_an_item_that_always_raises_is_a_recorded_failure_and_the_rest_completes(cluster, tiny_models, squad_file):

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import UserError
-from core.rundir import atomic_write_json
+from core.rundir import atomic_write_json, fsync_dir, fsync_tree
 
 FORMAT = "seal-tt-store"
 VERSION = 1
@@ -116,13 +116,21 @@ class Store:
         return manifest
 
     def commit(self, number: int, staged: Path, state: dict) -> None:
-        """Move a finished update folder into place, then write the new state: the update exists from that rename."""
+        """Move a finished update folder into place, then write the new state: the update exists from that rename.
+
+        Each step is on disk before the next: after a power loss, state.json never names an update whose adapter
+        is still empty or missing (the page cache may write files out in any order)."""
         target = self.update_dir(number)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             shutil.rmtree(target)
+        fsync_tree(staged)
         os.replace(staged, target)
+        fsync_dir(target.parent)
+        if (self.path / "documents").is_dir():  # the document copies the new state names
+            fsync_dir(self.path / "documents")
         atomic_write_json(self.path / "state.json", state)
+        fsync_dir(self.path)
         shutil.rmtree(self.pending, ignore_errors=True)
 
     def drop_uncommitted(self, state: dict) -> list[int]:

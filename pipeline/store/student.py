@@ -30,10 +30,9 @@ def routing_text(title: str, text: str, training_texts: list[str]) -> str:
     return "\n".join([title, text, *training_texts])
 
 
-def read_state(engine, adapter_dir: Path) -> dict:
-    from core.adapters import read_adapter_state
-
-    return read_adapter_state(adapter_dir, engine.lora_parameters, adapter_name="default")
+def read_state(engine, adapter_dir: Path, *, force: bool = False, run: Path | None = None) -> dict:
+    """An adapter's tensors for `engine`'s student; one recorded for another base is refused unless `force`."""
+    return engine.read_adapter(adapter_dir, force=force, run=run)
 
 
 class StoreStudent:
@@ -55,25 +54,27 @@ class StoreStudent:
         self.live: dict | None = None  # joint: the current adapter
         # B = 0: a LoRA that changes nothing (what the base alone, or a merged student, answers with)
         self.zero = {k: (v.zero_() if "lora_B" in k else v) for k, v in engine.adapter_state().items()}
+        self.force = False  # load adapters recorded for another base (ask --force)
 
     # --------------------------------------------------------------------------------------------- loading
     def load(self, store, state: dict) -> None:
         """Apply the committed updates of `state` to a freshly loaded base."""
         accepted = [u for u in state["updates"] if u.get("accepted")]
         zero = self.zero
+
+        def read(u):
+            return read_state(self.engine, store.update_dir(u["number"]) / "adapter", force=self.force)
+
         if self.strategy in STACKED:
             for u in accepted:
-                self.engine.fold_adapter_state(read_state(self.engine, store.update_dir(u["number"]) / "adapter"),
-                                               u.get("scale", 1.0))
+                self.engine.fold_adapter_state(read(u), u.get("scale", 1.0))
         elif self.strategy == "joint":
             if accepted:
                 u = accepted[-1]
-                self.live = scaled(read_state(self.engine, store.update_dir(u["number"]) / "adapter"),
-                                   u.get("scale", 1.0))
+                self.live = scaled(read(u), u.get("scale", 1.0))
         else:
             for u in accepted:
-                self.library[u["number"]] = scaled(read_state(self.engine, store.update_dir(u["number"]) / "adapter"),
-                                                   u.get("scale", 1.0))
+                self.library[u["number"]] = scaled(read(u), u.get("scale", 1.0))
             self.set_router(state, store)
         self.engine.load_adapter_state(self.live or zero)
 

@@ -61,6 +61,9 @@ def check_input(config: AdaptConfig) -> list[ArcTask]:
         raise UserError("teacher.generation.num_samples must be at least 1")
     # Settings and the fallback recipe are checked without a tokenizer; the tokenizer is checked once loaded.
     ArcFewShotTask(None, config.arc, config.student.train, seed=config.seed)
+    from core.lora import check_lora_targets
+
+    check_lora_targets(config.student.model, config.student.lora, "student.lora.target_modules")
     return tasks
 
 
