@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import real_squad  # noqa: E402
 import squad_split  # noqa: E402
 
 SYN = squad_split.SYN
@@ -153,7 +154,9 @@ class Data:
 # ---------------------------------------------------------------------------------------------- running
 
 
-class Bench:
+class Bench(real_squad.Bench):
+    """Its engines (one resident base, one LoRA shape each) as real_squad's; its own data and answers."""
+
     def __init__(self, run: Path, model: str, threads: int):
         import torch
 
@@ -169,24 +172,6 @@ class Bench:
                                  open_book_prompt=OPEN_PROMPT, metric="contains", answer_until="turn")
         self.model_settings = ModelSettings(path=model, dtype="float32", device="cpu")
         self.data = Data()
-
-    def engine(self, setting: Setting):
-        """One resident base shared by every LoRA shape (PEFT wraps a fresh copy of the module tree per shape)."""
-        import copy
-
-        from core.config import LoraSettings
-        from core.models import load_causal_lm, load_tokenizer
-        from student.engine import StudentEngine
-
-        key = (setting.r, setting.alpha, setting.targets)
-        if key not in self.engines:
-            if self.base_model is None:
-                self.tokenizer = load_tokenizer(self.model_path)
-                self.base_model = load_causal_lm(self.model_path, dtype="float32", device="cpu")
-            lora = LoraSettings(r=setting.r, alpha=setting.alpha, target_modules=list(setting.targets))
-            self.engines[key] = StudentEngine(self.model_settings, lora, base_model=copy.deepcopy(self.base_model),
-                                              tokenizer=self.tokenizer)
-        return self.engines[key]
 
     def train_settings(self, setting: Setting):
         from core.config import TrainSettings
