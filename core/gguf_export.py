@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,14 +60,7 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, *, dtype: str = "f1
     check_target(out_file, force)
     arch = gguf.MODEL_ARCH[FAMILIES[family]]
     plan = _plan(model_dir, config, arch, dtype)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".part", dir=out_file.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o666 & ~umask)  # mkstemp's 0600 would make the exported model unreadable to anyone else
-    try:
+    with written_atomically(out_file, force) as tmp:
         writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
         summary = _metadata(writer, model_dir, config, dtype, source_gguf)
         for p in plan:
@@ -78,10 +72,6 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, *, dtype: str = "f1
         for p in plan:
             writer.write_tensor_data(_convert(p))
         writer.close()
-        check_target(out_file, force)  # again: the file may have appeared while this one was written
-        os.replace(tmp, out_file)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {**summary, "file": str(out_file), "type": dtype, "tensors": len(plan), "bytes": out_file.stat().st_size}
 
 
@@ -119,6 +109,25 @@ def written_by_seal_tt(path: Path) -> bool:
         return WRITER_KEY in GGUFReader(str(path)).fields
     except Exception:  # noqa: BLE001 - anything unreadable is not ours
         return False
+
+
+@contextmanager
+def written_atomically(out_file: Path, force: bool):
+    """Yield a temporary file beside `out_file`; on success it replaces `out_file` in one rename, checked again
+    first (the target may have appeared while this one was written); on any error it is removed."""
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".part", dir=out_file.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # mkstemp's 0600 would make the exported model unreadable to anyone else
+        check_target(out_file, force)
+        os.replace(tmp, out_file)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def check_target(out_file: Path, force: bool) -> None:

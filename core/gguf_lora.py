@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from core.errors import UserError
-from core.gguf_export import FAMILIES, WRITER, WRITER_KEY, check_target, rope_permute
+from core.gguf_export import FAMILIES, WRITER, WRITER_KEY, check_target, rope_permute, written_atomically
 
 
 def _base_shape(base: str | Path) -> dict:
@@ -101,11 +99,7 @@ def export_lora_gguf(adapter_dir: str | Path, base: str | Path, out_file: str | 
     shape = _base_shape(base)
     tensors = _pairs(adapter_dir, shape)
     check_target(out_file, force)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".part", dir=out_file.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with written_atomically(out_file, force) as tmp:
         writer = gguf.GGUFWriter(str(tmp), shape["arch"])
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
@@ -119,11 +113,4 @@ def export_lora_gguf(adapter_dir: str | Path, base: str | Path, out_file: str | 
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o666 & ~umask)
-        check_target(out_file, force)
-        os.replace(tmp, out_file)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {"file": str(out_file), "alpha": alpha, "tensors": len(tensors), "architecture": shape["arch"]}
