@@ -9,7 +9,7 @@ self-edit by phase (adapter reset, training, adapter save+reload, answer generat
   `datasets.Dataset` padded to a fixed `--max-length` and a fresh HF `Trainer`, train, save the adapter to disk, load it
   back for evaluation (in-process here; the paper loaded it into a separate vLLM server), unload, delete, `gc.collect`;
 - seal-tt: `StudentEngine`: one resident LoRA reset in place, a short loop with dynamic padding, batched greedy answers;
-- seal-tt batched: `StudentEngine.train_many` / `answer_many`: `--group` self-edits trained in the same forward and
+- seal-tt batched: `student.batched.BatchedLoraBank.train_many` / `answer_many`: `--group` self-edits trained in the same forward and
   backward passes over the frozen base, one LoRA per row, and answered in the same generation batches.
 
 All three train on identical token ids with pads masked out of the loss, start each self-edit from the same LoRA draw
@@ -218,9 +218,13 @@ class SealTTLoop:
 class BatchedLoop(SealTTLoop):
     name = "batched"
 
-    def __init__(self, *args, group: int):
+    def __init__(self, *args, group: int, max_pass_tokens: int | None = None):
+        from student.batched import BatchedLoraBank
+
         super().__init__(*args)
         self.group = group
+        self.bank = BatchedLoraBank(self.engine)
+        self.bank.max_pass_tokens = max_pass_tokens
 
     def run(self, edits: list[Edit], train=None) -> list[EditRun]:
         out = []
@@ -229,14 +233,14 @@ class BatchedLoop(SealTTLoop):
         return out
 
     def run_group(self, edits: list[Edit], train) -> list[EditRun]:
-        e, n = self.engine, len(edits)
+        e, bank, n = self.engine, self.bank, len(edits)
         t0 = self.clock()
         example_sets = [e.encode(x.texts, train.max_length) for x in edits]
-        stats = e.train_many(example_sets, train, seeds=[x.seed for x in edits])
+        stats = bank.train_many(example_sets, train, seeds=[x.seed for x in edits])
         t1 = self.clock()
-        answers = e.answer_many([x.questions for x in edits], qa_prompt=self.eval.qa_prompt,
-                                use_chat_template=self.eval.use_chat_template,
-                                max_new_tokens=self.eval.max_new_tokens, batch_size=self.eval.batch_size)
+        answers = bank.answer_many([x.questions for x in edits], qa_prompt=self.eval.qa_prompt,
+                                   use_chat_template=self.eval.use_chat_template,
+                                   max_new_tokens=self.eval.max_new_tokens, batch_size=self.eval.batch_size)
         t2 = self.clock()
         scores = [self.grader(x.questions, a, x.answers)[0] for x, a in zip(edits, answers)]
         t3 = self.clock()
@@ -251,7 +255,7 @@ class BatchedLoop(SealTTLoop):
                 answers=answers[k], score=_mean(scores[k]), train_tokens=st.tokens, train_steps=st.steps,
                 train_lengths=[len(x.input_ids) for x in example_sets[k]] * train.epochs,
                 prompt_tokens=gen.prompt_tokens[pos : pos + q], new_tokens=gen.new_tokens[pos : pos + q],
-                decode_steps=sum(gen.batch_steps) / n, lora=e.bank_state(k),
+                decode_steps=sum(gen.batch_steps) / n, lora=bank.bank_state(k),
             ))
             pos += q
         return runs
@@ -739,7 +743,6 @@ def run(args, command: str = "") -> dict:
     clock = Clock(device)
     engine = StudentEngine(ModelSettings(path=f"{args.model} (in memory)"), lora, base_model=model,
                            tokenizer=tokenizer)
-    engine.max_pass_tokens = args.max_pass_tokens
     group = len(edits) if args.group is None else args.group
     loops = {}
     workdir = Path(tempfile.mkdtemp(prefix="seal_tt_bench_"))
@@ -749,7 +752,8 @@ def run(args, command: str = "") -> dict:
                                                workdir, engine._newline_token_ids(), args.reference_padding)
         loops["seal-tt"] = SealTTLoop(engine, train, evaluation, grader, clock)
         if group:
-            loops["batched"] = BatchedLoop(engine, train, evaluation, grader, clock, group=group)
+            loops["batched"] = BatchedLoop(engine, train, evaluation, grader, clock, group=group,
+                                           max_pass_tokens=args.max_pass_tokens)
 
         if not args.no_warmup:
             # First calls pay one-time costs (kernel selection, allocator growth, lazy imports) that a long run

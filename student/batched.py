@@ -2,16 +2,186 @@
 
 Every linear layer with a LoRA computes `base(x) + scale * B_k A_k x` for the row's own bank entry k; each candidate
 keeps its own loss normalisation, gradient clipping, AdamW state and schedule, so results equal training the
-candidates one by one (to float rounding). Used by `StudentEngine.train_many`; the resident LoRA is never touched.
+candidates one by one (to float rounding). `BatchedLoraBank(engine)` trains and answers with them over a
+`StudentEngine`'s model; the engine's resident LoRA is never touched. No workflow uses it yet; benchmarks/inner_loop.py
+times it against one-by-one training.
 """
 
 from __future__ import annotations
 
 import math
+import time
+import warnings
+from contextlib import contextmanager
 
-from student.data import IGNORE_INDEX
+from core.config import TrainSettings
+from student.data import IGNORE_INDEX, TrainExample, collate
+from student.engine import ADAPTER, StudentEngine, TrainStats, _batch_plan, _require_nll, _schedule, first_line
 
-ADAPTER = "default"  # PEFT's name for the engine's one adapter
+
+class BatchedLoraBank:
+    """Several LoRAs trained together over one engine's frozen base, and answered with, beside its resident LoRA.
+
+    >>> bank = BatchedLoraBank(engine)
+    >>> stats = bank.train_texts_many([texts_a, texts_b], TrainSettings(), seeds=[0, 1])
+    >>> bank.answer_many([questions_a, questions_b], qa_prompt="Q: {question}\\nA:")
+    >>> engine.load_adapter_state(bank.bank_state(1))   # install one candidate as the engine's own LoRA
+    """
+
+    def __init__(self, engine: StudentEngine):
+        self.engine = engine
+        self._bank: _LoraBank | None = None
+        # What one extra forward+backward pass costs in train_many, in tokens of compute. On an H100 a pass of a 7B
+        # model reads its weights twice (~10 ms), about what ~250 tokens of matmuls take; on a CPU with a tiny model
+        # Python overhead dominates and the same order holds.
+        self.pass_overhead_tokens = 256
+        # A memory guard: no train_many pass holds more padded tokens than this (one long row always may).
+        self.max_pass_tokens: int | None = None
+
+    def train_many(
+        self, example_sets: list[list[TrainExample]], settings: TrainSettings, seeds: list[int] | None = None
+    ) -> list[TrainStats]:
+        """Train one LoRA per example set, all of them in the same forward and backward passes over the frozen base.
+
+        Scoring candidate self-edits means many small trainings on one base; alone, each step of each is a batch of
+        one short sequence, which leaves a GPU waiting on weight reads and kernel launches. Here every step stacks
+        one batch from each unfinished edit and applies each row's own LoRA with batched matmuls.
+
+        Edit k starts from `engine.initial_state(seeds[k])`, sees its examples in the order `engine.train(...,
+        seed=seeds[k])` uses, and has its own loss normalisation, gradient-norm clip, AdamW moments, step count and
+        learning-rate schedule, so its result equals `engine.reset(seeds[k]); engine.train(example_sets[k], settings,
+        seeds[k])` up to
+        floating-point summation order (exactly so only with LoRA dropout 0, the default: dropout masks are drawn
+        differently). The trained LoRAs stay in a bank beside the resident one, which is left untouched:
+        `answer_many` answers with them, `bank_state(k)` returns edit k's tensors for `load_adapter_state`.
+        `TrainStats.seconds` is the shared wall time divided evenly.
+        """
+        import torch
+
+        engine = self.engine
+        if not example_sets or any(not examples for examples in example_sets):
+            raise ValueError("every self-edit needs at least one training example")
+        _require_nll(settings, "BatchedLoraBank.train_many")
+        seeds = list(range(len(example_sets))) if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != len(example_sets):
+            raise ValueError(f"{len(example_sets)} example sets but {len(seeds)} seeds")
+        start = time.perf_counter()
+        count = len(example_sets)
+        self._bank = bank = _LoraBank(engine._lora_modules(), [engine.initial_state(s) for s in seeds])
+        plans = [_batch_plan(examples, settings, seed) for examples, seed in zip(example_sets, seeds)]
+        schedules = [_schedule(settings, max(1, len(plan))) for plan in plans]
+        optimizer = _BankAdamW(bank, settings.learning_rate, settings.weight_decay)
+        stats = [TrainStats() for _ in range(count)]
+        step_losses = []  # (active edits, their losses as one device tensor) per step
+        pad = engine.tokenizer.pad_token_id
+        torch.manual_seed(seeds[0])  # dropout, when there is any
+        attention_scale = _attention_scale(engine.model.config)
+        with engine._training_mode(settings), self._routing(bank) as route:
+            for step in range(max(len(plan) for plan in plans)):
+                active = [k for k in range(count) if step < len(plans[k])]
+                rows, owner = [], []
+                for k in active:
+                    rows += plans[k][step]
+                    owner += [k] * len(plans[k][step])
+                # Each edit's loss is a mean over its own tokens in this step, whichever pass its rows land in.
+                targets = torch.zeros(count)
+                for k, ex in zip(owner, rows):
+                    targets[k] += sum(label != IGNORE_INDEX for label in ex.labels[1:])
+                targets = targets.clamp(min=1).to(engine.device, non_blocking=True)
+                losses = torch.zeros(count, device=engine.device)
+                for part in _length_buckets([len(r.input_ids) for r in rows], self.pass_overhead_tokens,
+                                            attention_scale, self.max_pass_tokens):
+                    batch = collate([rows[i] for i in part], pad)
+                    part_owner = [owner[i] for i in part]
+                    for k, n in zip(part_owner, batch["attention_mask"].sum(1).tolist()):
+                        stats[k].tokens += n
+                    route.set(part_owner)
+                    logits = engine.model(
+                        input_ids=batch["input_ids"].to(engine.device, non_blocking=True),
+                        attention_mask=batch["attention_mask"].to(engine.device, non_blocking=True),
+                    ).logits
+                    part_losses = _per_edit_loss_sums(
+                        logits, batch["labels"].to(engine.device, non_blocking=True),
+                        torch.tensor(part_owner, device=engine.device), count,
+                    ) / targets
+                    with warnings.catch_warnings():
+                        # The bank's per-module views are strided into one [edits, params] buffer on purpose (one
+                        # optimizer op for all); their gradients accumulate in place into the matching views.
+                        warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
+                        part_losses.sum().backward()
+                    losses += part_losses.detach()
+                optimizer.step(active, [schedules[k](stats[k].steps) for k in active], settings.max_grad_norm)
+                for k in active:
+                    stats[k].steps += 1
+                step_losses.append((active, losses))
+        history = torch.stack([losses for _, losses in step_losses]).float().cpu().tolist() if step_losses else []
+        for (active, _), values in zip(step_losses, history):
+            for k in active:
+                stats[k].losses.append(values[k])
+        elapsed = time.perf_counter() - start
+        for s in stats:
+            s.seconds = elapsed / count
+        return stats
+
+    def train_texts_many(
+        self, text_sets: list[list[str]], settings: TrainSettings, seeds: list[int] | None = None
+    ) -> list[TrainStats]:
+        return self.train_many([self.engine.encode(texts, settings.max_length) for texts in text_sets], settings, seeds)
+
+    def bank_state(self, index: int) -> dict:
+        """Edit `index`'s LoRA from the last `train_many`, keyed like `adapter_state()` (on the CPU)."""
+        if self._bank is None:
+            raise ValueError("no batched adapters: call train_many first")
+        return self._bank.state(index)
+
+    def answer_many(self, question_sets: list[list[str]], *, qa_prompt: str, use_chat_template="auto",
+                    max_new_tokens=64, batch_size=16) -> list[list[str]]:
+        """Answers per edit of the last `train_many`, question set k by LoRA k, all edits' rows batched together."""
+        if self._bank is None:
+            raise ValueError("no batched adapters: call train_many first")
+        if len(question_sets) != self._bank.count:
+            raise ValueError(f"{len(question_sets)} question sets for {self._bank.count} trained adapters")
+        prompts = [qa_prompt.format(question=q) for qs in question_sets for q in qs]
+        adapters = [k for k, qs in enumerate(question_sets) for _ in qs]
+        raw = self.generate(self.engine.encode_prompts(prompts, use_chat_template), adapters,
+                            max_new_tokens=max_new_tokens, batch_size=batch_size)
+        out, pos = [], 0
+        for qs in question_sets:
+            out.append([first_line(r) for r in raw[pos : pos + len(qs)]])
+            pos += len(qs)
+        return out
+
+
+    def generate(self, prompt_ids: list[list[int]], adapters: list[int], *, max_new_tokens: int = 64,
+                 batch_size: int = 16, stop_at_newline=True) -> list[str]:
+        """`engine.generate` with the LoRAs of the last `train_many` instead of the resident one: prompt i is
+        answered by bank row `adapters[i]`. The work each answer needed is in `engine.last_generation`."""
+        if self._bank is None:
+            raise ValueError("generate(adapters=...) needs train_many first")
+        if len(adapters) != len(prompt_ids):
+            raise ValueError(f"{len(adapters)} adapter indices for {len(prompt_ids)} prompts")
+        return self.engine.generate(prompt_ids, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                    stop_at_newline=stop_at_newline, routing=self._routed(adapters))
+
+    @contextmanager
+    def _routed(self, adapters: list[int]):
+        """Each generate batch's rows answered by their own bank rows (given the batch's prompt indices)."""
+        with self._routing(self._bank) as route:
+            yield lambda idx: route.set([adapters[i] for i in idx])
+
+    @contextmanager
+    def _routing(self, bank: "_LoraBank"):
+        """Swap each LoRA layer's forward for one that applies bank row `route.idx[i]` to batch row i."""
+        route = _Route(self.engine.device)
+        for name, module in self.engine._lora_modules():
+            module.forward = _routed_forward(module, *bank.views[name], route)
+        try:
+            yield route
+        finally:
+            for _, module in self.engine._lora_modules():
+                module.__dict__.pop("forward", None)
+
+
 
 def _per_edit_loss_sums(logits, labels, owner, count: int):
     """Summed next-token loss per edit over its unmasked tokens (row i belongs to edit `owner[i]`)."""

@@ -7,8 +7,10 @@ the last save to the very values an uninterrupted run reaches: the batch plan is
 everything else that the next step depends on is in the checkpoint.
 
 Files (safetensors and JSON only; nothing is unpickled): `state.safetensors` and `state.json`, replaced together in
-one rename of their folder. A checkpoint made for other examples, settings or seed is ignored (its fingerprint
-differs) and overwritten by the new run.
+one rename of their folder. A checkpoint made for other examples, settings or seed, or for another student (another
+base model, dtype or LoRA setting: `--force` with another student of the same shape must not resume the old optimizer
+state) is ignored (its fingerprint differs) and overwritten by the new run. Checkpoints written before the student
+was part of the fingerprint (issue 22) are such: that run restarts its training from step 0, to the same result.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ class TrainCheckpoint:
         return time.monotonic() - self._last >= self.every_seconds
 
 
-def fingerprint(examples, settings, seed: int, *, contexts: list[str] | None = None) -> str:
+def fingerprint(examples, settings, seed: int, *, contexts: list[str] | None = None, student: dict | None = None) -> str:
     """What the training run is: its token ids, labels, settings and seed (and, for context distillation, both
-    sequences of every example and the passages they were made from)."""
+    sequences of every example and the passages they were made from), and `student`: what is trained
+    (`StudentEngine.identity()`: the base model's content, its dtype, the LoRA settings)."""
     h = hashlib.sha256()
     # How often it saves is not part of what is trained.
     fields = {k: v for k, v in asdict(settings).items() if not k.startswith("checkpoint_")}
@@ -55,6 +58,8 @@ def fingerprint(examples, settings, seed: int, *, contexts: list[str] | None = N
     head = {"settings": fields, "seed": int(seed), "n": len(examples)}
     if contexts is not None:
         head["contexts"] = list(contexts)
+    if student is not None:
+        head["student"] = student
     h.update(json.dumps(head, sort_keys=True).encode())
     for ex in examples:
         if hasattr(ex, "teacher_ids"):  # student.data.DistillExample

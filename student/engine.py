@@ -21,10 +21,10 @@ from core.config import LoraSettings, ModelSettings, TrainSettings
 from core.errors import UserError
 from core.lora import wrap_with_lora
 from core.models import encode_prompt, load_causal_lm, load_tokenizer, stop_token_ids, use_chat
-from student.batched import ADAPTER, _per_edit_loss_sums, _attention_scale, _length_buckets, _LoraBank, _BankAdamW, _Route, _routed_forward
 from student.data import (IGNORE_INDEX, DistillExample, TrainExample, collate, encode_distill, encode_texts,
                           left_pad)
 
+ADAPTER = "default"  # PEFT's name for the engine's one adapter
 
 
 @dataclass
@@ -91,13 +91,7 @@ class StudentEngine:
             raise UserError(f"LoRA on {lora.target_modules} created no trainable parameters")
         self._initial = {n: p.detach().clone() for n, p in self._lora.items()}
         self._newline_ids: set[int] | None = None
-        self._bank: _LoraBank | None = None
-        # What one extra forward+backward pass costs in train_many, in tokens of compute. On an H100 a pass of a 7B
-        # model reads its weights twice (~10 ms), about what ~250 tokens of matmuls take; on a CPU with a tiny model
-        # Python overhead dominates and the same order holds.
-        self.pass_overhead_tokens = 256
-        # A memory guard: no train_many pass holds more padded tokens than this (one long row always may).
-        self.max_pass_tokens: int | None = None
+        self._identity: dict | None = None
         self.last_generation: GenerationStats | None = None
         # Context distillation keeps the teacher's log-probabilities on the model's device up to this many bytes (all
         # examples together), else on the CPU.
@@ -121,8 +115,23 @@ class StudentEngine:
                 self._lora[name].copy_(value)
 
     def initial_state(self, seed: int | None = None) -> dict:
-        """The LoRA values `reset(seed)` installs, keyed like `lora_parameters` (the batched path starts from these)."""
+        """The LoRA values `reset(seed)` installs, keyed like `lora_parameters` (the batched bank,
+        `student.batched`, starts from these)."""
         return self._initial if seed is None else seeded_lora_state(self._lora, seed)
+
+    def identity(self) -> dict:
+        """What this student is, for a training checkpoint's fingerprint: the base model's content (the hash
+        `core.provenance` records, remembered per file by `core.hashing`, so a large model is not read again on a
+        resume), the dtype it was loaded in, and the LoRA settings. Where no hash is known (a hub id the cache does
+        not hold, a model handed in memory) the path stands for the content."""
+        if self._identity is None:
+            from core.provenance import model_identity
+
+            content = {k: v for k, v in model_identity(self.settings.path).items() if k != "path" and v is not None}
+            self._identity = {"model": content or {"path": self.settings.path},
+                              "dtype": str(self.model.get_base_model().dtype),
+                              "lora": dataclasses.asdict(self.lora_settings)}
+        return self._identity
 
     def adapter_state(self) -> dict:
         return {n: p.detach().to("cpu", copy=True) for n, p in self._lora.items()}
@@ -163,7 +172,7 @@ class StudentEngine:
         """
         if not examples:
             raise ValueError("no training examples")
-        _require_nll(settings, "train")
+        _require_nll(settings, "StudentEngine.train")
         pad = self.tokenizer.pad_token_id
 
         def step_loss(rows: list[TrainExample]):
@@ -177,7 +186,7 @@ class StudentEngine:
         if checkpoint is not None:
             from student.checkpoint import fingerprint
 
-            key = fingerprint(examples, settings, seed)
+            key = fingerprint(examples, settings, seed, student=self.identity())
         return self._optimize(examples, settings, seed, step_loss, progress=progress, checkpoint=checkpoint, key=key)
 
     def train_distill(self, texts: list[str], contexts: list[str], settings: TrainSettings, seed: int = 0, *,
@@ -210,7 +219,7 @@ class StudentEngine:
         if checkpoint is not None:
             from student.checkpoint import fingerprint
 
-            key = fingerprint(examples, settings, seed, contexts=list(contexts))
+            key = fingerprint(examples, settings, seed, contexts=list(contexts), student=self.identity())
         return self._optimize(rows, settings, seed, step_loss, progress=progress, checkpoint=checkpoint, key=key,
                               started=started)
 
@@ -344,118 +353,6 @@ class StudentEngine:
             if settings.gradient_checkpointing:
                 self.model.gradient_checkpointing_disable()
 
-    # -------------------------------------------------------------------------- several self-edits at once
-    def train_many(
-        self, example_sets: list[list[TrainExample]], settings: TrainSettings, seeds: list[int] | None = None
-    ) -> list[TrainStats]:
-        """Train one LoRA per example set, all of them in the same forward and backward passes over the frozen base.
-
-        Scoring candidate self-edits means many small trainings on one base; alone, each step of each is a batch of
-        one short sequence, which leaves a GPU waiting on weight reads and kernel launches. Here every step stacks
-        one batch from each unfinished edit and applies each row's own LoRA with batched matmuls.
-
-        Edit k starts from `initial_state(seeds[k])`, sees its examples in the order `train(..., seed=seeds[k])`
-        uses, and has its own loss normalisation, gradient-norm clip, AdamW moments, step count and learning-rate
-        schedule, so its result equals `reset(seeds[k]); train(example_sets[k], settings, seeds[k])` up to
-        floating-point summation order (exactly so only with LoRA dropout 0, the default: dropout masks are drawn
-        differently). The trained LoRAs stay in a bank beside the resident one, which is left untouched:
-        `answer_many` answers with them, `bank_state(k)` returns edit k's tensors for `load_adapter_state`.
-        `TrainStats.seconds` is the shared wall time divided evenly.
-        """
-        import torch
-
-        if not example_sets or any(not examples for examples in example_sets):
-            raise ValueError("every self-edit needs at least one training example")
-        _require_nll(settings, "train_many")
-        seeds = list(range(len(example_sets))) if seeds is None else [int(s) for s in seeds]
-        if len(seeds) != len(example_sets):
-            raise ValueError(f"{len(example_sets)} example sets but {len(seeds)} seeds")
-        start = time.perf_counter()
-        count = len(example_sets)
-        self._bank = bank = _LoraBank(self._lora_modules(), [self.initial_state(s) for s in seeds])
-        plans = [_batch_plan(examples, settings, seed) for examples, seed in zip(example_sets, seeds)]
-        schedules = [_schedule(settings, max(1, len(plan))) for plan in plans]
-        optimizer = _BankAdamW(bank, settings.learning_rate, settings.weight_decay)
-        stats = [TrainStats() for _ in range(count)]
-        step_losses = []  # (active edits, their losses as one device tensor) per step
-        pad = self.tokenizer.pad_token_id
-        torch.manual_seed(seeds[0])  # dropout, when there is any
-        attention_scale = _attention_scale(self.model.config)
-        with self._training_mode(settings), self._routing(bank) as route:
-            for step in range(max(len(plan) for plan in plans)):
-                active = [k for k in range(count) if step < len(plans[k])]
-                rows, owner = [], []
-                for k in active:
-                    rows += plans[k][step]
-                    owner += [k] * len(plans[k][step])
-                # Each edit's loss is a mean over its own tokens in this step, whichever pass its rows land in.
-                targets = torch.zeros(count)
-                for k, ex in zip(owner, rows):
-                    targets[k] += sum(label != IGNORE_INDEX for label in ex.labels[1:])
-                targets = targets.clamp(min=1).to(self.device, non_blocking=True)
-                losses = torch.zeros(count, device=self.device)
-                for part in _length_buckets([len(r.input_ids) for r in rows], self.pass_overhead_tokens,
-                                            attention_scale, self.max_pass_tokens):
-                    batch = collate([rows[i] for i in part], pad)
-                    part_owner = [owner[i] for i in part]
-                    for k, n in zip(part_owner, batch["attention_mask"].sum(1).tolist()):
-                        stats[k].tokens += n
-                    route.set(part_owner)
-                    logits = self.model(
-                        input_ids=batch["input_ids"].to(self.device, non_blocking=True),
-                        attention_mask=batch["attention_mask"].to(self.device, non_blocking=True),
-                    ).logits
-                    part_losses = _per_edit_loss_sums(
-                        logits, batch["labels"].to(self.device, non_blocking=True),
-                        torch.tensor(part_owner, device=self.device), count,
-                    ) / targets
-                    with warnings.catch_warnings():
-                        # The bank's per-module views are strided into one [edits, params] buffer on purpose (one
-                        # optimizer op for all); their gradients accumulate in place into the matching views.
-                        warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
-                        part_losses.sum().backward()
-                    losses += part_losses.detach()
-                optimizer.step(active, [schedules[k](stats[k].steps) for k in active], settings.max_grad_norm)
-                for k in active:
-                    stats[k].steps += 1
-                step_losses.append((active, losses))
-        history = torch.stack([losses for _, losses in step_losses]).float().cpu().tolist() if step_losses else []
-        for (active, _), values in zip(step_losses, history):
-            for k in active:
-                stats[k].losses.append(values[k])
-        elapsed = time.perf_counter() - start
-        for s in stats:
-            s.seconds = elapsed / count
-        return stats
-
-    def train_texts_many(
-        self, text_sets: list[list[str]], settings: TrainSettings, seeds: list[int] | None = None
-    ) -> list[TrainStats]:
-        return self.train_many([self.encode(texts, settings.max_length) for texts in text_sets], settings, seeds)
-
-    def bank_state(self, index: int) -> dict:
-        """Edit `index`'s LoRA from the last `train_many`, keyed like `adapter_state()` (on the CPU)."""
-        if self._bank is None:
-            raise ValueError("no batched adapters: call train_many first")
-        return self._bank.state(index)
-
-    def answer_many(self, question_sets: list[list[str]], *, qa_prompt: str, use_chat_template="auto",
-                    max_new_tokens=64, batch_size=16) -> list[list[str]]:
-        """Answers per edit of the last `train_many`, question set k by LoRA k, all edits' rows batched together."""
-        if self._bank is None:
-            raise ValueError("no batched adapters: call train_many first")
-        if len(question_sets) != self._bank.count:
-            raise ValueError(f"{len(question_sets)} question sets for {self._bank.count} trained adapters")
-        prompts = [qa_prompt.format(question=q) for qs in question_sets for q in qs]
-        adapters = [k for k, qs in enumerate(question_sets) for _ in qs]
-        raw = self.generate(self.encode_prompts(prompts, use_chat_template), max_new_tokens=max_new_tokens,
-                            batch_size=batch_size, adapters=adapters)
-        out, pos = [], 0
-        for qs in question_sets:
-            out.append([first_line(r) for r in raw[pos : pos + len(qs)]])
-            pos += len(qs)
-        return out
-
     def _lora_modules(self) -> list[tuple[str, object]]:
         from peft.tuners.lora.layer import Linear as LoraLinear
 
@@ -470,18 +367,6 @@ class StudentEngine:
             found.append((name, module))
         return found
 
-    @contextmanager
-    def _routing(self, bank: "_LoraBank"):
-        """Swap each LoRA layer's forward for one that applies bank row `route.idx[i]` to batch row i."""
-        route = _Route(self.device)
-        for name, module in self._lora_modules():
-            module.forward = _routed_forward(module, *bank.views[name], route)
-        try:
-            yield route
-        finally:
-            for _, module in self._lora_modules():
-                module.__dict__.pop("forward", None)
-
     # ------------------------------------------------------------------------------------------ generation
     def encode_prompts(self, prompts: list[str], use_chat_template: str = "auto") -> list[list[int]]:
         chat = use_chat(self.tokenizer, use_chat_template)
@@ -489,20 +374,16 @@ class StudentEngine:
 
     def generate(
         self, prompt_ids: list[list[int]], *, max_new_tokens: int = 64, batch_size: int = 16, stop_at_newline=True,
-        adapters: list[int] | None = None,
+        routing=None,
     ) -> list[str]:
         """Greedy continuations, batched with left padding; decoding stops at the first newline when asked.
 
-        `adapters` (one bank index per prompt) answers with the LoRAs of the last `train_many` instead of the
-        resident one. The work each answer needed is recorded in `last_generation`.
+        `routing` (the batched bank's, `student.batched.BatchedLoraBank.generate`): a context manager held around
+        decoding that yields a function, called with each batch's prompt indices before the batch is decoded. The
+        work each answer needed is recorded in `last_generation`.
         """
         import torch
 
-        if adapters is not None:
-            if self._bank is None:
-                raise ValueError("generate(adapters=...) needs train_many first")
-            if len(adapters) != len(prompt_ids):
-                raise ValueError(f"{len(adapters)} adapter indices for {len(prompt_ids)} prompts")
         start = time.perf_counter()
         outputs: list[str] = [""] * len(prompt_ids)
         needed = [0] * len(prompt_ids)
@@ -513,12 +394,11 @@ class StudentEngine:
         ends = stop_token_ids(self.tokenizer)  # EOS and the chat template's end of turn
         stop_ids = torch.tensor(sorted(newline_ids | set(ends)), dtype=torch.long)
         self.model.eval()
-        routing = self._routing(self._bank) if adapters is not None else nullcontext()
-        with torch.no_grad(), routing as route:
+        with torch.no_grad(), (routing if routing is not None else nullcontext()) as select:
             for b in range(0, len(order), batch_size):
                 idx = order[b : b + batch_size]
-                if route is not None:
-                    route.set([adapters[i] for i in idx])
+                if select is not None:
+                    select(idx)
                 ids, mask = left_pad([prompt_ids[i] for i in idx], self.tokenizer.pad_token_id)
                 gen = self.model.generate(
                     input_ids=ids.to(self.device),
@@ -724,7 +604,7 @@ class _DistillRow:
 def _require_nll(settings: TrainSettings, where: str) -> None:
     """Paths that train on token sequences alone cannot distill: refuse rather than train nll silently."""
     if settings.objective != "nll":
-        raise ValueError(f"StudentEngine.{where} trains the next-token loss only; objective={settings.objective!r} "
+        raise ValueError(f"{where} trains the next-token loss only; objective={settings.objective!r} "
                          "needs the passages: use train_distill (or train_texts with contexts=)")
 
 
@@ -754,10 +634,9 @@ def _schedule(settings: TrainSettings, total: int):
     return factor
 
 
-# ---------------------------------------------------------------------------------------------- batched LoRA
 def _batch_plan(examples: list[TrainExample], settings: TrainSettings, seed: int) -> list[list[TrainExample]]:
     """Every step's batch for `epochs` passes over `examples`, reshuffled each epoch by a generator seeded with `seed`
-    (one plan shared by `train` and `train_many`, so that both see the same order)."""
+    (one plan shared by `train` and the batched bank's `train_many`, so that both see the same order)."""
     import torch
 
     gen = torch.Generator(device="cpu").manual_seed(int(seed))

@@ -118,6 +118,8 @@ def test_distill_weight_mixes_in_the_next_token_loss(setup, weight):
 
 
 def test_train_texts_dispatches_on_the_objective(setup):
+    from student.batched import BatchedLoraBank
+
     engine, _ = setup
     engine.reset(seed=2)
     direct = engine.train_distill([TEXT], [PASSAGE], ONE_STEP, seed=3)
@@ -129,7 +131,7 @@ def test_train_texts_dispatches_on_the_objective(setup):
     with pytest.raises(ValueError, match="train_distill"):
         engine.train(engine.encode([TEXT], 64), ONE_STEP)
     with pytest.raises(ValueError, match="train_distill"):
-        engine.train_many([engine.encode([TEXT], 64)], ONE_STEP)
+        BatchedLoraBank(engine).train_many([engine.encode([TEXT], 64)], ONE_STEP)
 
 
 def test_checkpoint_resumes_only_with_the_same_passages(setup, tmp_path, monkeypatch):

@@ -1,10 +1,11 @@
-"""Batched LoRA (`train_many` / `answer_many`): several self-edits trained together equal training them one by one."""
+"""Batched LoRA (`BatchedLoraBank.train_many` / `answer_many`): several self-edits trained together equal training them
+one by one."""
 
 import pytest
 import torch
 
 from core.config import LoraSettings, ModelSettings, TrainSettings
-from student.batched import _length_buckets
+from student.batched import BatchedLoraBank, _length_buckets
 
 SETS = [
     ["The old bridge in Velmora is made of grey stone.", "Velmora holds a wool market every spring.", "Stone."],
@@ -38,17 +39,18 @@ def test_train_many_equals_training_one_by_one(engine, batch_size, scheduler):
     alone = _one_by_one(engine, settings)
     resident = engine.adapter_state()
 
-    stats = engine.train_texts_many(SETS, settings, seeds=SEEDS)
-    answers = engine.answer_many(QUESTIONS, qa_prompt="Q: {question}\nA:", max_new_tokens=8)
+    bank = BatchedLoraBank(engine)
+    stats = bank.train_texts_many(SETS, settings, seeds=SEEDS)
+    answers = bank.answer_many(QUESTIONS, qa_prompt="Q: {question}\nA:", max_new_tokens=8)
 
     for k, (single, state, single_answers) in enumerate(alone):
         # Edits have different numbers of steps: the short ones stop while the others go on.
         assert stats[k].steps == single.steps and stats[k].tokens == single.tokens
         torch.testing.assert_close(stats[k].losses, single.losses, rtol=1e-5, atol=1e-5)
-        bank = engine.bank_state(k)
-        assert bank.keys() == state.keys()
+        trained = bank.bank_state(k)
+        assert trained.keys() == state.keys()
         for name in state:
-            torch.testing.assert_close(bank[name], state[name], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(trained[name], state[name], rtol=1e-4, atol=1e-5)
         assert answers[k] == single_answers
     after = engine.adapter_state()
     assert all(torch.equal(after[n], resident[n]) for n in after), "train_many must leave the resident LoRA alone"
@@ -57,15 +59,16 @@ def test_train_many_equals_training_one_by_one(engine, batch_size, scheduler):
 
 def test_a_bank_adapter_can_be_installed_and_saved(engine, tmp_path):
     settings = TrainSettings(learning_rate=1e-2, epochs=2)
-    engine.train_texts_many(SETS[:2], settings, seeds=SEEDS[:2])
-    engine.load_adapter_state(engine.bank_state(1))
-    expected = engine.answer_many([QUESTIONS[1], QUESTIONS[1]], qa_prompt="Q: {question}\nA:", max_new_tokens=8)[1]
+    bank = BatchedLoraBank(engine)
+    bank.train_texts_many(SETS[:2], settings, seeds=SEEDS[:2])
+    engine.load_adapter_state(bank.bank_state(1))
+    expected = bank.answer_many([QUESTIONS[1], QUESTIONS[1]], qa_prompt="Q: {question}\nA:", max_new_tokens=8)[1]
     assert engine.answer(QUESTIONS[1], qa_prompt="Q: {question}\nA:", max_new_tokens=8) == expected
     engine.save_adapter(tmp_path / "winner")
     engine.reset()
     engine.load_adapter(tmp_path / "winner")
     state = engine.adapter_state()
-    assert all(torch.equal(state[n], v) for n, v in engine.bank_state(1).items())
+    assert all(torch.equal(state[n], v) for n, v in bank.bank_state(1).items())
 
 
 def test_generation_records_the_work_it_needed(engine):
@@ -87,14 +90,12 @@ def test_length_buckets_keep_long_rows_apart():
 
 
 def test_misuse_is_refused(engine):
-    from student.engine import StudentEngine
-
+    bank = BatchedLoraBank(engine)
     with pytest.raises(ValueError, match="at least one"):
-        engine.train_texts_many([["text"], []], TrainSettings(epochs=1))
-    fresh = StudentEngine.__new__(StudentEngine)
-    fresh._bank = None
+        bank.train_texts_many([["text"], []], TrainSettings(epochs=1))
+    fresh = BatchedLoraBank(engine)
     with pytest.raises(ValueError, match="train_many first"):
         fresh.bank_state(0)
-    engine.train_texts_many([["a b c"]], TrainSettings(epochs=1))
+    bank.train_texts_many([["a b c"]], TrainSettings(epochs=1))
     with pytest.raises(ValueError, match="question sets"):
-        engine.answer_many([["q"], ["q"]], qa_prompt="{question}")
+        bank.answer_many([["q"], ["q"]], qa_prompt="{question}")
