@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import UserError
-from core.gguf import cache_root, cached_conversion
+from core.cache import cache_root
+from core.gguf import cached_conversion
 from core.hashing import read_sha256
 
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.cache import cache_root
 from core.errors import UserError
 from core.hashing import file_sha256
 
@@ -30,10 +30,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 INFO = "seal_tt_gguf.json"
 # Raised whenever what a conversion writes changes (2: the EOS the GGUF names), so older cached folders are redone.
 CONVERTER = 2
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SEAL_TT_CACHE", Path.home() / ".cache" / "seal-tt"))
 
 
 def gguf_file(name: str | Path) -> Path | None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
+
+from core.cache import cache_root
 
 
 def _index() -> Path:
-    return Path(os.environ.get("SEAL_TT_CACHE", Path.home() / ".cache" / "seal-tt")) / "hashes.json"
+    return cache_root() / "hashes.json"
 
 
 def read_sha256(path: str | Path) -> str:

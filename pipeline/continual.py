@@ -88,14 +88,14 @@ def run_streams(output: str | Path, docs: list[Document], edits: dict[str, list[
 
 
 def _matrix(store: Path) -> list[list[float | None]]:
-    from pipeline.store.layout import Store, active_documents
+    from pipeline.store.layout import Store
     from pipeline.store.metrics import batch_matrix
 
     state = Store(store).state()
-    numbers = [r["update"] for r in state["matrix"]]
+    numbers = [r.update for r in state.matrix]
     index = {n: i for i, n in enumerate(numbers)}
-    learned = {k: index[e["update"]] for k, e in active_documents(state).items() if e["update"] in index}
-    return batch_matrix([r["scores"] for r in state["matrix"]], learned)
+    learned = {k: index[v.update] for k, v in state.active().items() if v.update in index}
+    return batch_matrix([r.scores for r in state.matrix], learned)
 
 
 def _f(x) -> str:
@@ -240,11 +240,11 @@ def continual_demo(output: str | Path = "runs/demo-continual", *, docs: int = 32
                    orders: list[int] | None = None, seed: int = 0, overrides: list[str] | None = None,
                    cache=None, recipe=None, progress: bool = False) -> dict:
     from core.config import parse_override
-    from pipeline.demo import cache_dir
+    from core.cache import cache_root
     from pipeline.world import build_world_models
 
     orders = orders or list(range(8))
-    wm = build_world_models(Path(cache or cache_dir()).expanduser(), seed, recipe, log=say)
+    wm = build_world_models(Path(cache or cache_root()).expanduser(), seed, recipe, log=say)
     stream, edits = world_stream(wm, docs)
     base = world_base_settings(wm)
     for item in overrides or []:
