@@ -85,14 +85,14 @@ def cmd_run(args) -> None:
 
 def final_scores(store: Path) -> tuple[dict[str, float], dict[str, int], dict[str, float], dict[str, float]]:
     """Per passage: its score after the last update, the update that learned it, its score right then, its base."""
-    from pipeline.store.layout import Store, active_documents
+    from pipeline.store.layout import Store
 
     state = Store(store).state()
-    rows = {r["update"]: r["scores"] for r in state["matrix"]}
-    last = state["matrix"][-1]["scores"]
-    learned = {k: e["update"] for k, e in active_documents(state).items()}
+    rows = {r.update: r.scores for r in state.matrix}
+    last = state.matrix[-1].scores
+    learned = {k: v.update for k, v in state.active().items()}
     at = {k: rows[u].get(k) for k, u in learned.items()}
-    return last, learned, at, state["base"]
+    return last, learned, at, state.base
 
 
 def cmd_report(args) -> None:

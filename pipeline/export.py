@@ -124,56 +124,60 @@ def _write_adapter(folder: Path, cfg: dict, tensors: dict, base: dict, source: P
         shutil.copy(source / BASE_RECORD, folder / BASE_RECORD)
 
 
-def _adapter_of(store, u: dict) -> tuple[Path, float]:
-    return store.update_dir(u["number"]) / "adapter", float(u.get("scale", 1.0))
+def _adapter_of(store, u) -> tuple[Path, float]:
+    return store.update_dir(u.number) / "adapter", float(u.scale)
 
 
 def export_store(store_path, output, *, merged: bool = False, max_lora_rank: int = VLLM_MAX_LORA_RANK,
                  warn=lambda msg: print(msg, file=sys.stderr)) -> dict:
     """Write the store's current student to `output` (a missing or empty folder, or one seal-tt wrote: it is
-    replaced whole, in one rename); returns what was written (also in `output/seal_tt_export.json`)."""
+    replaced whole, in one rename); returns what was written (also in `output/seal_tt_export.json`).
+
+    The store's strategy says how its student is assembled: one set of adapters summed into one LoRA (merge,
+    replay, joint), or several kept apart and routed per question (library)."""
     from core.rundir import atomic_dir
-    from pipeline.store.layout import Store, active_documents
+    from pipeline.store.layout import Store
+    from pipeline.store.strategies import strategy_named
 
     store = Store(store_path)
-    fixed = store.manifest()["settings"]
+    manifest = store.manifest()
     state = store.state()
-    strategy = fixed["strategy"]
-    accepted = [u for u in state["updates"] if u.get("accepted")]
+    strategy = strategy_named(manifest.strategy)
+    accepted = state.accepted()
     if not accepted:
         raise UserError(f"{store.path}: no accepted update yet; there is nothing to export but the base model")
-    base = base_identity(fixed["student.model"])
-    summary = {"store": str(store.path.resolve()), "strategy": strategy, "update": accepted[-1]["number"],
-               "updates": [u["number"] for u in accepted], "base": base, "format": "merged" if merged else "peft"}
-    if merged and strategy == "library":
-        raise UserError("export --merged: a library store is one student per adapter, routed per question; export "
-                        "its adapters (without --merged) instead")
+    base = base_identity(manifest.settings["student.model"])
+    summary = {"store": str(store.path.resolve()), "strategy": strategy.name, "update": accepted[-1].number,
+               "updates": [u.number for u in accepted], "base": base, "format": "merged" if merged else "peft"}
+    if merged and not strategy.mergeable:
+        raise UserError(f"export --merged: a {strategy.name} store is one student per adapter, routed per question; "
+                        "export its adapters (without --merged) instead")
     with atomic_dir(Path(output)) as tmp:
         if merged:
             _write_merged(store.path, tmp, state)
-        elif strategy == "library":
-            holding = {e["update"] for e in active_documents(state).values()}
+        elif strategy.routed:
             routing = {}
-            for u in accepted:
-                if u["number"] not in holding:
+            for group in strategy.adapter_sets(state):
+                if not group.documents:
                     continue  # retired: it holds no current document, and a question is never routed to it
-                name = f"adapters/update-{u['number']:04d}"
-                cfg, tensors = concatenate([_adapter_of(store, u)])
-                _write_adapter(tmp / name, cfg, tensors, base, _adapter_of(store, u)[0])
-                routing[name] = [k.rsplit("@", 1)[0] for k, e in active_documents(state).items()
-                                 if e["update"] == u["number"]]
+                name = f"adapters/update-{group.number:04d}"
+                sources = [_adapter_of(store, u) for u in group.updates]
+                cfg, tensors = concatenate(sources)
+                _write_adapter(tmp / name, cfg, tensors, base, sources[-1][0])
+                routing[name] = group.documents
             (tmp / "routing.json").write_text(json.dumps(
                 {"router": "seal-tt lexical (BM25 over each document and its self-edits); seal-tt serve applies it",
                  "adapters": routing}, indent=2) + "\n", encoding="utf-8")
             summary["adapters"] = routing
         else:
-            chosen = accepted[-1:] if strategy == "joint" else accepted
-            cfg, tensors = concatenate([_adapter_of(store, u) for u in chosen])
-            _write_adapter(tmp, cfg, tensors, base, _adapter_of(store, chosen[-1])[0])
+            (group,) = strategy.adapter_sets(state)
+            cfg, tensors = concatenate([_adapter_of(store, u) for u in group.updates])
+            _write_adapter(tmp, cfg, tensors, base, _adapter_of(store, group.updates[-1])[0])
             summary["rank"] = cfg["r"]
             if cfg["r"] > max_lora_rank:
-                warn(f"export: the adapter's rank is {cfg['r']} ({len(chosen)} updates concatenated), past vLLM's "
-                     f"max_lora_rank of {max_lora_rank}: vLLM will not load it; export --merged for a plain model")
+                warn(f"export: the adapter's rank is {cfg['r']} ({len(group.updates)} updates concatenated), past "
+                     f"vLLM's max_lora_rank of {max_lora_rank}: vLLM will not load it; export --merged for a plain "
+                     "model")
         (tmp / EXPORT_INFO).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         _readable(tmp)
     summary["output"] = Path(output)

@@ -268,7 +268,7 @@ def test_two_updates_at_once_one_refuses_and_wait_waits(tiny_models, tmp_path, c
     assert code == 0, err
     assert time.monotonic() - start > 1.0 and (store / "state.json").exists()
     holder.wait(timeout=30)
-    assert Store(store).state()["updates"][0]["decision"] == "accepted"
+    assert Store(store).state().updates[0].decision == "accepted"
 
 
 def _comparable(store: Path) -> dict:

@@ -33,7 +33,7 @@ def state_signature(store_path: Path):
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def read_committed(store) -> tuple[dict, object]:
+def read_committed(store) -> tuple[object, object]:
     """The committed state and its signature, read so that the two belong together."""
     for _ in range(10):
         before = state_signature(store.path)
@@ -43,14 +43,14 @@ def read_committed(store) -> tuple[dict, object]:
     raise UserError(f"{store.path}: state.json kept changing while it was read")
 
 
-def _accepted(state: dict) -> list[dict]:
-    return [u for u in state["updates"] if u.get("accepted")]
+def _accepted(state) -> list:
+    return state.accepted()
 
 
-def _identity(u: dict) -> tuple:
+def _identity(u) -> tuple:
     """What tells one committed update from another store's update of the same number: the document versions it
     absorbed (content hashes), when it finished, the scale it was kept at."""
-    return u["number"], u.get("scale", 1.0), tuple(u.get("documents", ())), u.get("finished")
+    return u.number, u.scale, tuple(u.documents), u.finished
 
 
 class Resident:
@@ -67,7 +67,7 @@ class Resident:
         self.model_id = model_name or (source.resolve().parent.name if source.name == "adapter" and adapter
                                        else source.resolve().name)
         self.loaded_sig, self.past, self.failed = None, set(), None
-        self.state: dict | None = None
+        self.state = None  # the StoreState loaded
         if store:
             from pipeline.store.layout import Store
 
@@ -127,29 +127,19 @@ class Resident:
         self.past.add(self.loaded_sig)
         self.state, self.loaded_sig = state, sig
 
-    def _apply(self, state: dict) -> None:
+    def _apply(self, state) -> None:
         from pipeline.ask import store_describe
-        from pipeline.store.student import STACKED, StoreStudent, read_state
 
         student, old = self.student, _accepted(self.state)
         new = _accepted(state)
-        same_store = self.store.manifest().get("created") == self.manifest.get("created")
+        same_store = self.store.manifest().created == self.manifest.created
         if not (same_store and [_identity(u) for u in new[:len(old)]] == [_identity(u) for u in old]):
             self._reopen(state)
             return
-        if student.strategy in STACKED:
-            # Every new adapter is read before any is folded: a file that fails to read leaves the weights as they were.
-            force = getattr(student, "force", False)
-            added = [(read_state(student.engine, self.store.update_dir(u["number"]) / "adapter", force=force),
-                      u.get("scale", 1.0)) for u in new[len(old):]]
-            for lora, scale in added:
-                student.engine.fold_adapter_state(lora, scale)
-        else:
-            # A fresh holder on the same engine: it reads everything before it touches the live LoRA.
-            fresh = StoreStudent(student.engine, student.strategy, student.eval)
-            fresh.force = getattr(student, "force", False)
-            fresh.load(self.store, state)
-            self.asker.student = fresh
+        # The strategy brings the loaded student to the new state: merge and replay fold the new updates into the
+        # weights in place; the others build a fresh holder on the same engine, which reads everything before it
+        # touches the live LoRA.
+        self.asker.student = student.strategy.refresh(student, self.store, state, new[len(old):])
         self.asker.describe = store_describe(student.strategy, state)
 
     def _reopen(self, state: dict) -> None:
@@ -167,29 +157,23 @@ class Resident:
     @property
     def update(self) -> int | None:
         accepted = _accepted(self.state) if self.state is not None else []
-        return accepted[-1]["number"] if accepted else (0 if self.store is not None else None)
+        return accepted[-1].number if accepted else (0 if self.store is not None else None)
 
     @contextmanager
     def answering(self, question: str):
         """The model set up to answer `question` (a library's routed adapter made live), and the tag that says
         what answers: {"fingerprint": str, "seal_tt": {...}}."""
         student = self.student
-        number = student.route(question)[1] if student.strategy == "library" else None
+        number = student.route(question)[1]  # None but for a routed student (a library)
         label, docs = self.asker.describe.get(number, ("the base model alone", []))
-        tag = {"kind": self.kind, "update": self.update, "strategy": student.strategy, "adapter": label,
+        tag = {"kind": self.kind, "update": self.update, "strategy": student.strategy.name, "adapter": label,
                "documents": docs}
         if self.store is not None:
             fingerprint = f"seal-tt-store-u{self.update}" + (f"-a{number}" if number is not None else "")
         else:
             fingerprint = f"seal-tt-{self.kind}" + (f"-a{number}" if number is not None else "")
-        if student.strategy != "library":
+        with student.answering_with(number):
             yield {"fingerprint": fingerprint, "seal_tt": tag}
-            return
-        student.engine.load_adapter_state(student.zero if number is None else student.library[number])
-        try:
-            yield {"fingerprint": fingerprint, "seal_tt": tag}
-        finally:
-            student.engine.load_adapter_state(student.zero)
 
 
 def _empty_cuda_cache() -> None:

@@ -7,12 +7,14 @@
       documents/<hash>.json   each absorbed document version: id, title, text, probes
       updates/NNNN/       one committed update: update.json (its report), edits.jsonl (the self-edits it absorbed),
                           adapter/ (its LoRA, safetensors), report.md
-      .pending/           the update in progress: self-edits as the teacher writes them, a training checkpoint;
-                          a rerun after a crash continues it; gone once the update is committed
+      .pending/           the update in progress: job.json (its documents, and what writes each one's self-edits),
+                          self-edits as the teacher writes them, a training checkpoint; a rerun after a crash
+                          continues it per document (`pending`); gone once the update is committed
       .lock               held while an update runs, so two scheduled runs never touch the store at once
 
 An update folder that exists but is not named in state.json was being committed when the process died: it is
-removed and redone from `.pending`. Nothing else is ever rewritten in place.
+removed and redone from `.pending`. Nothing else is ever rewritten in place. The JSON files are read and written
+as the types of `state`, there only.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from core.errors import UserError
 from core.rundir import atomic_write_json, fsync_dir, fsync_tree
+from pipeline.store.state import Manifest, PendingJob, StoreState, StoredDocument, Version
 
 FORMAT = "seal-tt-store"
 VERSION = 1
@@ -35,8 +38,8 @@ class StoreBusy(UserError):
     """Another process holds the store's lock."""
 
 
-def empty_state() -> dict:
-    return {"documents": {}, "updates": [], "matrix": [], "base": {}, "rejected": {}}
+def empty_state() -> StoreState:
+    return StoreState()
 
 
 class Store:
@@ -59,14 +62,32 @@ class Store:
 
         return self.path / "documents" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
-    def read_document(self, key: str) -> dict:
+    def read_document(self, key: str) -> StoredDocument:
         path = self.document_file(key)
         if not path.is_file():
             raise UserError(f"{self.path}: the stored copy of document {key!r} is missing ({path.name})")
-        return _read_json(path, f"document {key}")
+        return StoredDocument.from_json(_read_json(path, f"document {key}"))
 
-    def write_document(self, key: str, data: dict) -> None:
-        atomic_write_json(self.document_file(key), data)
+    def write_document(self, doc: StoredDocument) -> None:
+        atomic_write_json(self.document_file(doc.key), doc.to_json())
+
+    @property
+    def job_file(self) -> Path:
+        return self.pending / "job.json"
+
+    def pending_job(self) -> PendingJob | None:
+        """The update in progress, as recorded when it started (None when there is none, or it cannot be read)."""
+        if not self.job_file.is_file():
+            return None
+        try:
+            data = json.loads(self.job_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        return PendingJob.from_json(data) if isinstance(data, dict) and "number" in data else None
+
+    def write_pending_job(self, job: PendingJob) -> None:
+        self.pending.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.job_file, job.to_json())
 
     # ------------------------------------------------------------------------------------------ validation
     @property
@@ -81,7 +102,7 @@ class Store:
             raise UserError(f"{self.path} is not empty and is not a seal-tt store (no store.json); "
                             "choose another --store")
 
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
         path = self.path / "store.json"
         if not path.is_file():
             if self.path.is_dir() and any(self.path.iterdir()):
@@ -92,30 +113,34 @@ class Store:
             raise UserError(f"{path} is not a seal-tt store manifest (format {data.get('format') if isinstance(data, dict) else None!r})")
         if data.get("version") != VERSION:
             raise UserError(f"{self.path} is a store of version {data.get('version')}; this seal-tt reads version {VERSION}")
-        return data
+        return Manifest.from_json(data)
 
-    def state(self) -> dict:
+    def state(self) -> StoreState:
         path = self.path / "state.json"
         if not path.is_file():
             return empty_state()
         data = _read_json(path, "state.json")
-        missing = [k for k in empty_state() if k not in data] if isinstance(data, dict) else ["(all)"]
+        missing = [k for k in StoreState.REQUIRED if k not in data] if isinstance(data, dict) else ["(all)"]
         if missing:
             raise UserError(f"{path} is damaged (it lacks {', '.join(missing)}); the store was not changed")
-        for u in data["updates"]:
-            if not (self.update_dir(u["number"]) / "update.json").is_file():
-                raise UserError(f"{self.path}: update {u['number']} is named in state.json but its folder is missing")
-        return data
+        try:
+            state = StoreState.from_json(data)
+        except (TypeError, AttributeError) as err:
+            raise UserError(f"{path} is damaged ({err}); the store was not changed") from None
+        for u in state.updates:
+            if not (self.update_dir(u.number) / "update.json").is_file():
+                raise UserError(f"{self.path}: update {u.number} is named in state.json but its folder is missing")
+        return state
 
     # ---------------------------------------------------------------------------------------------- writes
-    def create(self, settings: dict) -> dict:
+    def create(self, settings: dict) -> Manifest:
         self.check_new_location()
         self.path.mkdir(parents=True, exist_ok=True)
-        manifest = {"format": FORMAT, "version": VERSION, "created": now(), "settings": settings}
-        atomic_write_json(self.path / "store.json", manifest)
+        manifest = Manifest(format=FORMAT, version=VERSION, created=now(), settings=settings)
+        atomic_write_json(self.path / "store.json", manifest.to_json())
         return manifest
 
-    def commit(self, number: int, staged: Path, state: dict) -> None:
+    def commit(self, number: int, staged: Path, state: StoreState) -> None:
         """Move a finished update folder into place, then write the new state: the update exists from that rename.
 
         Each step is on disk before the next: after a power loss, state.json never names an update whose adapter
@@ -129,13 +154,13 @@ class Store:
         fsync_dir(target.parent)
         if (self.path / "documents").is_dir():  # the document copies the new state names
             fsync_dir(self.path / "documents")
-        atomic_write_json(self.path / "state.json", state)
+        atomic_write_json(self.path / "state.json", state.to_json())
         fsync_dir(self.path)
         shutil.rmtree(self.pending, ignore_errors=True)
 
-    def drop_uncommitted(self, state: dict) -> list[int]:
+    def drop_uncommitted(self, state: StoreState) -> list[int]:
         """Update folders that a crash left between their rename and the state's: removed, to be redone."""
-        known = {u["number"] for u in state["updates"]}
+        known = {u.number for u in state.updates}
         dropped = []
         root = self.path / "updates"
         for folder in sorted(root.iterdir()) if root.is_dir() else []:
@@ -156,14 +181,9 @@ class Store:
             yield
 
 
-def active_documents(state: dict) -> dict[str, dict]:
-    """Document version key -> its entry, for the current version of every absorbed document (in absorption order)."""
-    out = {}
-    for entry in state["documents"].values():
-        current = entry["versions"][-1]
-        if current.get("update") is not None:
-            out[current["key"]] = current
-    return dict(sorted(out.items(), key=lambda kv: (kv[1]["update"], kv[1]["order"])))
+def active_documents(state: StoreState) -> dict[str, Version]:
+    """Document version key -> its version, for the current version of every absorbed document (absorption order)."""
+    return state.active()
 
 
 def now() -> str:

@@ -60,3 +60,16 @@ def kl_bits_per_token(base_logprobs, student_logprobs) -> float:
     return float(kl.mean()) / math.log(2) if kl.numel() else 0.0
 
 
+
+
+def store_metrics(state) -> dict:
+    """The forgetting metrics of a store's committed state (a StoreState) over its current documents."""
+    numbers = [r.update for r in state.matrix]
+    index = {n: i for i, n in enumerate(numbers)}
+    learned = {k: index[v.update] for k, v in state.active().items() if v.update in index}
+    rows = [{k: v for k, v in r.scores.items() if k in learned} for r in state.matrix]
+    out = forgetting_metrics(rows, learned, state.base)
+    if state.matrix and state.matrix[-1].oracle:
+        oracle_rows = rows[:-1] + [{k: v for k, v in state.matrix[-1].oracle.items() if k in learned}]
+        out["oracle_retention"] = forgetting_metrics(oracle_rows, learned, state.base)["retention"]
+    return out

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pipeline.store.layout import Store, active_documents
-from pipeline.store.update import store_metrics
+from pipeline.store.layout import Store
+from pipeline.store.metrics import store_metrics
+from pipeline.store.state import describe_writer
 
 
 def _mb(folder) -> float:
@@ -14,27 +15,33 @@ def store_status(path: str) -> dict:
     store = Store(path)
     manifest = store.manifest()
     state = store.state()
-    active = active_documents(state)
-    adapters_mb = sum(_mb(store.update_dir(u["number"]) / "adapter") for u in state["updates"] if u.get("accepted"))
+    active = state.active()
+    adapters_mb = sum(_mb(store.update_dir(u.number) / "adapter") for u in state.accepted())
+    by_number = {u.number: u for u in state.updates}
+    job = store.pending_job() if store.pending.exists() else None
     return {
         "store": str(store.path),
-        "created": manifest["created"],
-        "student": manifest["settings"]["student.model"]["path"],
-        "strategy": manifest["settings"]["strategy"],
-        "documents": [{"id": e["key"].rsplit("@", 1)[0], "version": len(state["documents"][e["key"].rsplit("@", 1)[0]]["versions"]),
-                       "update": e["update"], "probes": e["probes"], "probe_source": e["probe_source"],
-                       "added": e["added"]} for e in active.values()],
-        "superseded": sum(len(d["versions"]) - 1 for d in state["documents"].values()),
-        "rejected": sorted(state["rejected"]),
-        "updates": [{k: u.get(k) for k in ("number", "finished", "decision", "scale", "documents", "sequences",
-                                           "replayed", "retention_before", "retention_after", "drop",
-                                           "drift_bits_per_token", "timings", "adapter_mb", "retired")}
-                    for u in state["updates"]],
+        "created": manifest.created,
+        "student": manifest.student["path"],
+        "strategy": manifest.strategy,
+        "documents": [{"id": v.id, "version": len(state.documents[v.id].versions), "update": v.update,
+                       "probes": v.probes, "probe_source": v.probe_source, "added": v.added,
+                       "self_edits_by": (by_number[v.update].self_edits_by or {}).get(key)}
+                      for key, v in active.items()],
+        "superseded": sum(len(d.versions) - 1 for d in state.documents.values()),
+        "rejected": sorted(state.rejected),
+        "updates": [{k: getattr(u, k) for k in ("number", "finished", "decision", "scale", "documents", "sequences",
+                                                "replayed", "retention_before", "retention_after", "drop",
+                                                "drift_bits_per_token", "timings", "adapter_mb", "retired",
+                                                "self_edits_by")}
+                    for u in state.updates],
         "adapters_mb": round(adapters_mb, 3),
         "mb_per_document": round(adapters_mb / len(active), 3) if active else None,
         "store_mb": round(_mb(store.path), 3),
         "metrics": store_metrics(state),
         "pending": store.pending.exists(),
+        "pending_update": None if job is None else {"number": job.number, "documents": job.documents,
+                                                    "self_edits_by": job.self_edits_by},
     }
 
 
@@ -59,10 +66,17 @@ def status_text(s: dict) -> str:
         lines.append(f"{u['number']:>6}  {u['finished']:<20}  {u['decision']:<8}  {len(u['documents']):>4}  "
                      f"{u['sequences']:>4}  {_f(u['retention_before']):>6} -> {_f(u['retention_after']):<6}  "
                      f"{_f(u['drift_bits_per_token']):>11}  {secs:7.1f}" + ("  (retired)" if u.get("retired") else ""))
-    lines += ["", "document                                  version  update  probes"]
+    lines += ["", "document                                  version  update  probes  self-edits by"]
     for d in s["documents"]:
         lines.append(f"{d['id'][:40]:<40}  {d['version']:>7}  {d['update']:>6}  {d['probes']:>3}"
-                     + (f" ({d['probe_source']})" if d["probe_source"] == "teacher" else ""))
+                     + (" (teacher)" if d["probe_source"] == "teacher" else "          ")
+                     + f"  {describe_writer(d.get('self_edits_by'))}")
     if s["pending"]:
         lines.append("\nan update is pending (interrupted): the next `seal-tt update` resumes it")
+        job = s.get("pending_update")
+        if job:
+            writers = sorted({describe_writer(w) for w in (job["self_edits_by"] or {}).values()})
+            lines.append(f"pending update {job['number']}: {len(job['documents'])} documents"
+                         + (f", self-edits by {'; '.join(writers)}" if writers else
+                            " (written before writers were recorded)"))
     return "\n".join(lines) + "\n"
