@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core.config import dump_yaml, to_dict
 from core.errors import UserError
+from core.lock import LOCK_NAME, FolderBusy
 
 CONFIG_NAME = "config.yaml"
 
@@ -131,9 +132,10 @@ def complete_groups(path: str | Path, key, k: int) -> dict[str, list[dict]]:
     return complete
 
 
-# What a run folder holds before any work is done: its settings, where it came from, how its data were split,
-# tracker logs. Anything else is finished work (a record, an adapter, a checkpoint), and is never deleted.
-SCAFFOLDING = frozenset({CONFIG_NAME, "provenance.json", "splits.json"})
+# What a run folder holds before any work is done: its settings, where it came from, how its data were split, the
+# lock of the process writing it, tracker logs. Anything else is finished work (a record, an adapter, a
+# checkpoint), and is never deleted.
+SCAFFOLDING = frozenset({CONFIG_NAME, "provenance.json", "splits.json", LOCK_NAME})
 LOGS = frozenset({"tensorboard", "wandb"})
 
 
@@ -154,13 +156,14 @@ def holds_finished_work(path: str | Path) -> bool:
 @contextmanager
 def removed_on_user_error(path: str | Path):
     """A run folder this call creates is removed again if a user error stops it before any work is finished;
-    once something is finished it stays (a rerun resumes from it), and the error says so."""
+    once something is finished it stays (a rerun resumes from it), and the error says so. A folder another process
+    holds (`FolderBusy`) is never touched: it is that process's."""
     path = Path(path)
     created = not path.exists()
     try:
         yield
     except UserError as err:
-        if not created:
+        if not created or isinstance(err, FolderBusy):
             raise
         if not holds_finished_work(path):
             shutil.rmtree(path, ignore_errors=True)
@@ -222,10 +225,15 @@ class RunDir:
             if saved.read_text(encoding="utf-8") != text:
                 atomic_write_text(saved, text)
             return True
-        if self.path.exists() and any(p.name != ".work" for p in self.path.iterdir()):
-            raise UserError(f"output folder {self.path} is not empty and holds no seal-tt run; choose another --output")
+        self.check_ours()
         atomic_write_text(saved, text)
         return False
+
+    def check_ours(self) -> None:
+        """A folder that holds something and no run of seal-tt's (no config.yaml) is a user's: never written."""
+        if (self.path.exists() and not (self.path / CONFIG_NAME).exists()
+                and any(p.name not in (".work", LOCK_NAME) for p in self.path.iterdir())):
+            raise UserError(f"output folder {self.path} is not empty and holds no seal-tt run; choose another --output")
 
 
 def _diff(old, new, prefix="", ignore=(), defaults=None) -> list[str]:

@@ -27,7 +27,7 @@ class Asker:
         if not questions:
             return []
         routes = [self.student.route(q)[1] for q in questions]  # all None but for a library
-        answers = self.student.answer(questions, routes if self.student.strategy == "library" else None)
+        answers = self.student.answer(questions, routes)
         out = []
         for q, a, r in zip(questions, answers, routes):
             label, docs = self.describe.get(r, ("the base model alone", []))
@@ -61,49 +61,42 @@ def _engine(model: ModelSettings, lora: LoraSettings):
     return StudentEngine(model, lora)
 
 
-def open_store(path: str | Path, state: dict | None = None, *, force: bool = False) -> Asker:
-    """The store's student with `state` applied (default: the committed state read now); `force`: load adapters
-    recorded for another base than the store's student is now (with a warning)."""
+def open_store(path: str | Path, state=None, *, force: bool = False) -> Asker:
+    """The store's student with `state` (a StoreState) applied (default: the committed state read now); `force`:
+    load adapters recorded for another base than the store's student is now (with a warning)."""
     from pipeline.store.layout import Store
-    from pipeline.store.student import StoreStudent
+    from pipeline.store.strategies import strategy_named
 
     store = Store(path)
     manifest = store.manifest()
     state = store.state() if state is None else state
-    fixed = manifest["settings"]
+    fixed = manifest.settings
     model = ModelSettings(**fixed["student.model"])
-    student = StoreStudent(_engine(model, LoraSettings(**fixed["student.lora"])), fixed["strategy"],
-                           _answering(EvalSettings(**fixed["student.eval"])))
+    strategy = strategy_named(manifest.strategy)
+    student = strategy.student(_engine(model, LoraSettings(**fixed["student.lora"])),
+                               _answering(EvalSettings(**fixed["student.eval"])))
     student.force = force
     student.load(store, state)
-    return Asker(student, store_describe(fixed["strategy"], state))
+    return Asker(student, store_describe(strategy, state))
 
 
-def store_describe(strategy: str, state: dict) -> dict:
-    """Adapter number (None for one-adapter students) -> (label, document ids) for a store's committed `state`."""
-    from pipeline.store.layout import active_documents
-
-    active = active_documents(state)
-    ids = [k.rsplit("@", 1)[0] for k in active]
-    accepted = [u for u in state["updates"] if u.get("accepted")]
-    if strategy == "library":
-        return {u["number"]: (f"update {u['number']}", [k.rsplit("@", 1)[0] for k, e in active.items()
-                                                        if e["update"] == u["number"]]) for u in accepted}
-    label = {"joint": f"one adapter trained on all (update {accepted[-1]['number']})" if accepted else "",
-             "merge": f"{len(accepted)} updates merged", "replay": f"{len(accepted)} updates merged"}[strategy]
-    return {None: (label, ids)} if accepted else {}
+def store_describe(strategy, state) -> dict:
+    """Adapter number (None for one-adapter students) -> (label, document ids) for a store's committed `state`,
+    as its strategy (a `pipeline.store.strategies.Strategy`) assembles the student."""
+    return {s.number: (s.label, s.documents) for s in strategy.adapter_sets(state)}
 
 
 def open_adapter(adapter: str | Path, student_model: str, eval_settings: EvalSettings | None = None, *,
                  force: bool = False, run: Path | None = None) -> Asker:
     from core.models import check_model_reference
-    from pipeline.store.student import StoreStudent, read_state
+    from pipeline.store.strategies import Joint
+    from pipeline.store.student import read_state
 
     adapter = Path(adapter)
     check_model_reference(student_model, "student")
     lora = _lora_from(adapter)
     engine = _engine(ModelSettings(path=student_model), lora)
-    st = StoreStudent(engine, "joint", _answering(eval_settings or EvalSettings()))
+    st = Joint().student(engine, _answering(eval_settings or EvalSettings()))
     st.live = read_state(engine, adapter, force=force, run=run)
     engine.load_adapter_state(st.live)
     return Asker(st, {None: (str(adapter), [])})
@@ -116,7 +109,8 @@ def open_run(run: str | Path, *, force: bool = False) -> Asker:
     from core.config import AdaptConfig, load_config
     from core.rundir import read_jsonl
     from pipeline.store.router import LexicalRouter
-    from pipeline.store.student import StoreStudent, read_state, routing_text
+    from pipeline.store.strategies import Library
+    from pipeline.store.student import read_state, routing_text
 
     run = Path(run)
     cfg_file, report_file = run / "config.yaml", run / "report.json"
@@ -134,7 +128,7 @@ def open_run(run: str | Path, *, force: bool = False) -> Asker:
     titles = {d["id"]: d.get("title") or "" for d in report["per_document"]}
     folders = {d["id"]: _document_adapter(run, n, d) for n, d in enumerate(report["per_document"])}
     engine = _engine(config.student.model, config.student.lora)
-    st = StoreStudent(engine, "library", _answering(config.student.eval))
+    st = Library().student(engine, _answering(config.student.eval))
     texts: dict[str, list[str]] = {i: [] for i in ids}
     for rec in read_jsonl(run / "self_edits.jsonl"):
         texts.setdefault(rec["document"], []).extend(rec.get("training_texts", []))
@@ -150,7 +144,7 @@ def _document_adapter(run: Path, position: int, entry: dict) -> Path:
     """The adapter folder adapt-student wrote for a report entry: the name it recorded there; in a run from before
     names were recorded, the one numbered by the document's position among all documents, which is the report's
     position unless a document failed, else the one folder named for this document."""
-    from pipeline.adapt import adapter_name
+    from pipeline.absorb import adapter_name
 
     if entry.get("adapter"):
         return run / entry["adapter"]

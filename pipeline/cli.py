@@ -119,6 +119,8 @@ def adapt_student_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the passages, sequences, steps and a time estimate; "
                                  "load no model, write nothing."),
     force: bool = typer.Option(False, help="Resume even though the config changed / redo a finished run."),
+    wait: bool = typer.Option(False, "--wait", help="If another run writes the output folder, wait for it instead "
+                              "of exiting."),
     quiet: bool = typer.Option(False, help="No progress output."),
 ):
     """The teacher writes self-edits for your documents; the student absorbs them into a LoRA adapter."""
@@ -136,7 +138,7 @@ def adapt_student_cmd(
     }
     cfg = _load(AdaptConfig, config, flags, set_)
     _quiet_libraries(quiet)
-    report = adapt_student(cfg, force=force, progress=not quiet)
+    report = adapt_student(cfg, force=force, progress=not quiet, wait=wait)
     if report.get("dry_run"):
         import json
 
@@ -161,6 +163,8 @@ def train_teacher_cmd(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (e.g. configs/knowledge_squad.yaml)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     force: bool = typer.Option(False, help="Resume even though the config changed."),
+    wait: bool = typer.Option(False, "--wait", help="If another run writes the output folder, wait for it instead "
+                              "of exiting."),
     quiet: bool = typer.Option(False, help="No progress output."),
 ):
     """Train the teacher with ReST-EM: sample self-edits, score them on the student, SFT on the winners."""
@@ -172,7 +176,7 @@ def train_teacher_cmd(
     cfg = _load(TrainTeacherConfig, config, flags, set_)
     cfg.warm_start.files = [*cfg.warm_start.files, *(warm_start or [])]
     _quiet_libraries(quiet)
-    metrics = train_teacher(cfg, force=force, progress=not quiet)
+    metrics = train_teacher(cfg, force=force, progress=not quiet, wait=wait)
     from pipeline.rest_em import summary_markdown
 
     typer.echo(summary_markdown(metrics, cfg), nl=False)
@@ -194,6 +198,8 @@ def demo_cmd(
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a ReST-EM setting of the demo "
                                              "(with --continual: a store setting)."),
     force: bool = typer.Option(False, help="Resume even though the settings changed."),
+    wait: bool = typer.Option(False, "--wait", help="If another run writes the output folder, wait for it instead "
+                              "of exiting."),
     quiet: bool = typer.Option(False, help="No progress output."),
 ):
     """The embedded demonstration, offline: ReST-EM in a synthetic world where the right answers are known."""
@@ -219,10 +225,11 @@ def demo_cmd(
         return
     if quick:
         output = output or "runs/demo-quick"
-        report = quick_demo(output, progress=not quiet)
+        report = quick_demo(output, progress=not quiet, wait=wait)
         _print_summary(report, output)
         return
-    summary = world_demo(output or "runs/demo", seeds=seed or [0], overrides=set_, progress=not quiet, force=force)
+    summary = world_demo(output or "runs/demo", seeds=seed or [0], overrides=set_, progress=not quiet, force=force,
+                         wait=wait)
     typer.echo(summary_table(summary), nl=False)
     typer.echo(f"output: {summary['output']} (report.json, demo.md, demo.png; one folder per seed)")
 
@@ -524,7 +531,7 @@ def _expand_multi_value(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     argv = _expand_multi_value(list(sys.argv[1:] if argv is None else argv))
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -543,6 +550,10 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(err, click.exceptions.Abort):
             sys.exit(1)
         raise
+    # Non-standalone click/typer turn Ctrl-C into a returned 130 instead of raising it.
+    if code == 130:
+        print("interrupted: rerun the same command with the same --output to resume", file=sys.stderr)
+        sys.exit(130)
     sys.exit(0)
 
 

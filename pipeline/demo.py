@@ -9,15 +9,16 @@ one adapt-student on random tiny models: it checks the plumbing, not learning.
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
-from importlib import resources
 from pathlib import Path
 
+from core.cache import cache_root
 from core.config import AdaptConfig, TrainTeacherConfig, _deep_merge, load_config, parse_override
 from core.errors import UserError
 from core.progress import say
+from pipeline.samples import sample_docs
+from pipeline.stats import mean_ci95, ratio_bootstrap
 
 # The demo's ReST-EM settings, visible in one place; `--set` overrides any of them.
 DEMO_SETTINGS: dict = {
@@ -41,14 +42,6 @@ DEMO_SETTINGS: dict = {
 }
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SEAL_TT_CACHE", Path.home() / ".cache" / "seal-tt"))
-
-
-def sample_docs() -> Path:
-    return Path(str(resources.files("pipeline").joinpath("data/sample_docs.jsonl")))
-
-
 def demo_config(wm, output: str | Path, overrides: list[str] | None = None) -> TrainTeacherConfig:
     data: dict = _deep_merge(DEMO_SETTINGS, {
         "output": str(output),
@@ -64,10 +57,12 @@ def demo_config(wm, output: str | Path, overrides: list[str] | None = None) -> T
 
 def world_demo(output: str | Path = "runs/demo", *, seeds: list[int] | tuple[int, ...] = (0,),
                overrides: list[str] | None = None, progress: bool = True, force: bool = False,
-               cache: str | Path | None = None, recipe=None) -> dict:
+               cache: str | Path | None = None, recipe=None, wait: bool = False) -> dict:
     """For each world seed: build (or reuse) the world, run the demonstration into `output/seed_N`; then write
-    the summary over seeds to `output` (report.json, demo.md, demo.png). Reruns resume every seed."""
+    the summary over seeds to `output` (report.json, demo.md, demo.png). Reruns resume every seed. One demo writes
+    `output` at a time (`wait`: wait for another one there to end instead of refusing)."""
     from core.rundir import atomic_write_json, atomic_write_text
+    from pipeline.runfolder import run_lock
     from pipeline.world import build_world_models
 
     if not seeds:
@@ -75,22 +70,23 @@ def world_demo(output: str | Path = "runs/demo", *, seeds: list[int] | tuple[int
     if len(set(seeds)) != len(seeds):
         raise UserError(f"demo: world seeds repeat: {list(seeds)}")
     _check_settings(overrides)  # a typo in --set must not wait for a world build to be reported
-    cache = Path(cache or cache_dir()).expanduser()
+    cache = Path(cache or cache_root()).expanduser()
     _check_writable(cache, "the world cache (set SEAL_TT_CACHE to move it)")
     for seed in seeds:
         _check_writable(Path(output) / f"seed_{seed}", "the demo's output folder")
-    reports = []
-    for seed in seeds:
-        say(f"world seed {seed}: building the world's student and teacher (cached after the first run) ...")
-        wm = build_world_models(cache, seed, recipe, log=say)
-        reports.append(run_demo(wm, Path(output) / f"seed_{seed}", seed=seed, overrides=overrides,
-                                progress=progress, force=force, describe=self_edit_style(wm, seed)))
-    summary = {"output": str(output), "seeds": list(seeds), "per_seed": reports,
-               "targets_met": {k: sum(r["targets"][k]["met"] for r in reports) for k in reports[0]["targets"]}}
-    out = Path(output)
-    atomic_write_json(out / "report.json", summary)
-    atomic_write_text(out / "demo.md", summary_table(summary))
-    _plot(reports, out / "demo.png")
+    with run_lock(output, wait=wait):
+        reports = []
+        for seed in seeds:
+            say(f"world seed {seed}: building the world's student and teacher (cached after the first run) ...")
+            wm = build_world_models(cache, seed, recipe, log=say)
+            reports.append(run_demo(wm, Path(output) / f"seed_{seed}", seed=seed, overrides=overrides,
+                                    progress=progress, force=force, describe=self_edit_style(wm, seed)))
+        summary = {"output": str(output), "seeds": list(seeds), "per_seed": reports,
+                   "targets_met": {k: sum(r["targets"][k]["met"] for r in reports) for k in reports[0]["targets"]}}
+        out = Path(output)
+        atomic_write_json(out / "report.json", summary)
+        atomic_write_text(out / "demo.md", summary_table(summary))
+        _plot(reports, out / "demo.png")
     return summary
 
 
@@ -171,27 +167,11 @@ def _raw_document_scores(config: TrainTeacherConfig, out: Path, progress: bool) 
     return [done[i] for i in ids]
 
 
-def _mean_ci(values: list[float]) -> dict:
-    mean = statistics.fmean(values) if values else 0.0
-    ci = 1.96 * statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-    return {"mean": mean, "ci95": ci, "n": len(values)}
-
-
 def _ratio_ci(num: list[float], den: list[float], resamples: int = 2000) -> dict:
     """mean(num) / mean(den) with a paired percentile-bootstrap 95% interval over people (seeded: reproducible).
-    A ratio over a zero denominator is None (JSON has no infinity)."""
-    import random
-
-    def ratio(idx):
-        d = sum(den[i] for i in idx)
-        return sum(num[i] for i in idx) / d if d else math.inf
-
-    n = len(num)
-    rng = random.Random(0)
-    draws = sorted(ratio([rng.randrange(n) for _ in range(n)]) for _ in range(resamples)) if n else [math.inf]
-    low, high = draws[int(0.025 * len(draws))], draws[int(0.975 * len(draws)) - 1]
-    finite = [None if math.isinf(x) else x for x in (ratio(range(n)) if n else math.inf, low, high)]
-    return dict(zip(("mean", "low", "high"), finite), n=n)
+    A ratio over a zero denominator is None (JSON has no infinity); resamples whose denominator is 0 count as
+    infinite ratios."""
+    return ratio_bootstrap(num, den, resamples=resamples, seed=0, undefined="inf")
 
 
 def _world_report(config, metrics, raw, out: Path, seed: int, wm, describe=None) -> dict:
@@ -218,15 +198,15 @@ def _world_report(config, metrics, raw, out: Path, seed: int, wm, describe=None)
     raw_acc = [r["score"] for r in raw]
     trained = per_person(last, accuracy)
     conditions = {
-        "no adaptation": _mean_ci([r["baseline"] for r in raw]),
-        "raw document": _mean_ci(raw_acc),
-        "round-0 teacher self-edits": _mean_ci(per_person(0, accuracy)),
-        f"trained teacher self-edits (round {last})": _mean_ci(trained),
+        "no adaptation": mean_ci95([r["baseline"] for r in raw]),
+        "raw document": mean_ci95(raw_acc),
+        "round-0 teacher self-edits": mean_ci95(per_person(0, accuracy)),
+        f"trained teacher self-edits (round {last})": mean_ci95(trained),
     }
     rounds = [{
         "round": m["round"],
-        "heldout_reward": _mean_ci(per_person(m["round"], reward)),
-        "heldout_accuracy": _mean_ci(per_person(m["round"], accuracy)),
+        "heldout_reward": mean_ci95(per_person(m["round"], reward)),
+        "heldout_accuracy": mean_ci95(per_person(m["round"], accuracy)),
         "e_step_reward": (m.get("e_step") or {}).get("reward_mean"),
         "selected": m.get("selected"),
     } for m in metrics]
@@ -237,7 +217,7 @@ def _world_report(config, metrics, raw, out: Path, seed: int, wm, describe=None)
             labels = Counter(describe(rec) for rec in heldout[r["round"]])
             total = sum(labels.values())
             r["self_edit_styles"] = {k: v / total for k, v in labels.most_common()}
-    gain = _mean_ci([b - a for a, b in zip(per_person(0, reward), per_person(last, reward))])
+    gain = mean_ci95([b - a for a, b in zip(per_person(0, reward), per_person(last, reward))])
     ratio = _ratio_ci(trained, raw_acc)
     return {
         "world_seed": seed,
@@ -349,12 +329,12 @@ def _plot(reports: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def quick_demo(output: str | Path = "runs/demo-quick", *, progress: bool = True) -> dict:
+def quick_demo(output: str | Path = "runs/demo-quick", *, progress: bool = True, wait: bool = False) -> dict:
     """Tiny random models, the embedded sample documents, one adapt-student run. Checks the plumbing, not learning."""
     from pipeline.adapt import adapt_student
     from core.tiny import build_tiny_models
 
-    models = build_tiny_models(cache_dir() / "tiny")
+    models = build_tiny_models(cache_root() / "tiny")
     config = load_config(
         AdaptConfig,
         None,
@@ -366,4 +346,4 @@ def quick_demo(output: str | Path = "runs/demo-quick", *, progress: bool = True)
                         "train": {"epochs": 2, "batch_size": 4}, "eval": {"max_new_tokens": 16}},
         },
     )
-    return adapt_student(config, progress=progress, force=True)
+    return adapt_student(config, progress=progress, force=True, wait=wait)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.config import AdaptConfig
+from core.config import AdaptConfig, PassageSettings, SelfEditSettings, StudentSettings, TeacherSettings
 from core.errors import UserError
 from pipeline.documents import Document
 from pipeline.passages import PassagePlan, plan_document, split_text, token_counter
@@ -71,23 +71,24 @@ def context_length(model_path: str) -> int | None:
     return None
 
 
-def passage_budget(config: AdaptConfig, count, docs: list[Document], *, teacher_count=None,
+def passage_budget(count, docs: list[Document], *, student: StudentSettings, teacher: TeacherSettings,
+                   self_edit: SelfEditSettings, passages: PassageSettings, teacher_count=None,
                    with_teacher: bool = True) -> tuple[int, str]:
     """(tokens per passage, which limit set it); a setting that does not fit is a UserError naming the limit."""
-    title = max((count(f"{d.title}\n") for d in docs if d.title and config.self_edit.prefix_title), default=0)
-    limits = {"student.train.max_length": config.student.train.max_length - title - MARGIN}
-    ctx = context_length(config.student.model.path)
+    title = max((count(f"{d.title}\n") for d in docs if d.title and self_edit.prefix_title), default=0)
+    limits = {"student.train.max_length": student.train.max_length - title - MARGIN}
+    ctx = context_length(student.model.path)
     if ctx:
-        limits["the student's context"] = min(ctx, config.student.train.max_length) - MARGIN
+        limits["the student's context"] = min(ctx, student.train.max_length) - MARGIN
     if with_teacher:
-        tctx = context_length(config.teacher.model.path)
+        tctx = context_length(teacher.model.path)
         if tctx:
-            template = knowledge.teacher_prompts([Document("x", "", "")], config.self_edit)[0]
+            template = knowledge.teacher_prompts([Document("x", "", "")], self_edit)[0]
             prompt = (teacher_count or count)(template)
             limits["the teacher's context less its prompt and teacher.generation.max_new_tokens"] = (
-                tctx - prompt - config.teacher.generation.max_new_tokens - MARGIN)
+                tctx - prompt - teacher.generation.max_new_tokens - MARGIN)
     bound, fits = min(limits.items(), key=lambda kv: kv[1])
-    wanted = config.passages.max_tokens
+    wanted = passages.max_tokens
     if wanted is not None:
         if wanted > fits:
             raise UserError(f"passages.max_tokens={wanted} does not fit: at most {fits} tokens fit ({bound})")
@@ -103,27 +104,38 @@ def passage_budget(config: AdaptConfig, count, docs: list[Document], *, teacher_
 
 def plan_adaptation(config: AdaptConfig, docs: list[Document], *, with_teacher: bool = True,
                     say=None) -> AdaptPlan:
+    """adapt-student's plan: `plan_passages` with its config's settings."""
+    return plan_passages(docs, student=config.student, teacher=config.teacher, self_edit=config.self_edit,
+                         passages=config.passages, with_teacher=with_teacher, say=say)
+
+
+def plan_passages(docs: list[Document], *, student: StudentSettings, teacher: TeacherSettings,
+                  self_edit: SelfEditSettings, passages: PassageSettings, with_teacher: bool = True,
+                  say=None) -> AdaptPlan:
+    """Each document split into passages that fit the student's training length and context and the teacher's
+    context (`with_teacher`: a teacher will read them); only tokenizers are loaded."""
     from core.models import load_tokenizer
 
-    student_tok = load_tokenizer(config.student.model.path, trust_remote_code=config.student.model.trust_remote_code)
+    student_tok = load_tokenizer(student.model.path, trust_remote_code=student.model.trust_remote_code)
     count = token_counter(student_tok)
     teacher_count = None
-    if with_teacher and config.teacher.model.path != config.student.model.path:
+    if with_teacher and teacher.model.path != student.model.path:
         from core.models import adapter_base
 
-        tpath = adapter_base(config.teacher.model.path) or config.teacher.model.path
-        teacher_count = token_counter(load_tokenizer(tpath, trust_remote_code=config.teacher.model.trust_remote_code))
-    budget, bound = passage_budget(config, count, docs, teacher_count=teacher_count, with_teacher=with_teacher)
-    overlap = min(config.passages.overlap_tokens, budget // 4)
+        tpath = adapter_base(teacher.model.path) or teacher.model.path
+        teacher_count = token_counter(load_tokenizer(tpath, trust_remote_code=teacher.model.trust_remote_code))
+    budget, bound = passage_budget(count, docs, student=student, teacher=teacher, self_edit=self_edit,
+                                   passages=passages, teacher_count=teacher_count, with_teacher=with_teacher)
+    overlap = min(passages.overlap_tokens, budget // 4)
     plans = {}
     for doc in docs:
         plans[doc.id] = plan_document(doc, count, budget, overlap)
     plan = AdaptPlan(plans, budget, bound, count)
-    if plan.passages > config.passages.max_passages:
+    if plan.passages > passages.max_passages:
         raise UserError(
             f"{plan.passages} passages of <= {budget} tokens (from {len(docs)} documents) exceed "
-            f"passages.max_passages={config.passages.max_passages}: each passage costs "
-            f"{config.teacher.generation.num_samples} teacher samples and their training steps, days on a CPU; "
+            f"passages.max_passages={passages.max_passages}: each passage costs "
+            f"{teacher.generation.num_samples} teacher samples and their training steps, days on a CPU; "
             "raise passages.max_passages (or passages.max_tokens) to go ahead, or pass fewer documents")
     if say:
         for p in plan.split_documents():

@@ -88,25 +88,28 @@ class RestEM:
         return self.config.student.model
 
     # --------------------------------------------------------------------------------------------- the loop
-    def run(self, *, force: bool = False) -> list[dict]:
-        # Where the inner loops run does not change what they compute: a run may resume on another executor.
-        self.run_dir.start(self.config, force=force, ignore=("rounds", "executor", "report_to"))
-        self.force = force
+    def run(self, *, force: bool = False, wait: bool = False) -> list[dict]:
+        """Run (or resume) the rounds in the run folder, holding it as its one writer (`wait`: wait for another
+        run there to end instead of refusing)."""
         from core.config import to_dict
+        from pipeline.runfolder import open_run
         from pipeline.tracking import open_tracker
 
-        self.tracker = open_tracker(self.config.report_to, self.run_dir.path, to_dict(self.config))
+        models = {"teacher": self.config.teacher.model, "student": self.config.student.model}
         try:
-            return self._run()
+            # Where the inner loops run does not change what they compute: a run may resume on another executor.
+            with open_run(self.run_dir.path, self.config, force=force, wait=wait,
+                          ignore=("rounds", "executor", "report_to"), models=models):
+                self.force = force
+                self.tracker = open_tracker(self.config.report_to, self.run_dir.path, to_dict(self.config))
+                try:
+                    return self._run()
+                finally:
+                    self.tracker.close()
         finally:
-            self.tracker.close()
             self.executor.close()
 
     def _run(self) -> list[dict]:
-        from core import provenance
-
-        provenance.record(self.run_dir.path, {"teacher": provenance.model_settings(self.config.teacher.model),
-                                              "student": provenance.model_settings(self.config.student.model)})
         self._write_splits()
         warm = self.warm_start()
         for rec in read_jsonl(self.run_dir / "baselines.jsonl"):
@@ -188,7 +191,7 @@ class RestEM:
                      seeds: list[int], path: Path, desc: str) -> dict:
         """Score every sample of `contexts` not yet in `path` through the executor; only this process writes.
         Returns {(context, sample): record} for everything recorded, old and new."""
-        from pipeline.work import WorkItem
+        from pipeline.work import WorkItem, record_failure
 
         repair_jsonl(path)
         done = {(x["context"], x["sample"]): x for x in read_jsonl(path)}
@@ -205,11 +208,8 @@ class RestEM:
         for item, rec, failure in progress_bar(results, desc=desc, enabled=self.progress and bool(items),
                                                total=len(items)):
             if failure is not None:
-                append_jsonl(failures, {"key": failure.key, "phase": phase, "context": item.sample["context"],
-                                        "sample": item.sample["sample"], "tries": failure.tries,
-                                        "error": failure.error, "workers": failure.workers,
-                                        "detail": failure.detail[-4000:]})
-                say(f"{failure.key}: failed after {failure.tries} tries ({failure.error})")
+                record_failure(failures, failure, failure.key, phase=phase, context=item.sample["context"],
+                               sample=item.sample["sample"])
                 self._steps[phase] += 1
                 self.tracker.log({f"{phase}/failed": 1}, self._steps[phase])
                 continue

@@ -9,12 +9,38 @@ from __future__ import annotations
 import gc
 from contextlib import contextmanager, nullcontext
 
-from core.config import AdaptConfig
+from core.config import StudentSettings, TeacherSettings
+
+
+def shares_model(teacher: TeacherSettings, student: StudentSettings) -> bool:
+    """Whether the teacher samples from the student's own loaded model (one model, the transformers backend)."""
+    return teacher.model == student.model and teacher.backend == "transformers"
+
+
+class Resident:
+    """The student a workflow's process holds, loaded once (`load`): when teacher and student are one model the
+    teacher samples from it; released (`release`) before launched processes or workers load their own."""
+
+    def __init__(self, student: StudentSettings):
+        self.settings = student
+        self.engine = None
+
+    def load(self):
+        if self.engine is None:
+            from student.engine import StudentEngine
+
+            self.engine = StudentEngine(self.settings.model, self.settings.lora)
+        return self.engine
+
+    def release(self) -> None:
+        if self.engine is not None:
+            self.engine = None
+            free_memory()
 
 
 @contextmanager
-def teacher_backend(config: AdaptConfig, engine=None):
-    """(backend, adapter_off) for sampling the teacher.
+def teacher_backend(teacher: TeacherSettings, engine=None):
+    """(backend, adapter_off) for sampling the teacher (`teacher`: its model, backend and generation settings).
 
     When teacher and student are one model (`engine` given), the backend samples from the resident base, and
     `adapter_off()` switches the student's LoRA off around each draw. Otherwise the teacher is loaded here, and
@@ -23,11 +49,13 @@ def teacher_backend(config: AdaptConfig, engine=None):
     # Looked up at call time, so a test (or a user) can swap the backend class or factory on teacher.backends.
     from teacher.backends import TransformersBackend, make_backend
 
+    # A command's whole config (one with a `teacher` block) is still taken, until every caller hands the block.
+    teacher = getattr(teacher, "teacher", teacher)
     if engine is not None:
-        yield (TransformersBackend(config.teacher.model, peft_model=engine.model, tokenizer=engine.tokenizer),
+        yield (TransformersBackend(teacher.model, peft_model=engine.model, tokenizer=engine.tokenizer),
                engine.model.disable_adapter)
         return
-    backend = make_backend(config.teacher.backend, config.teacher.model)
+    backend = make_backend(teacher.backend, teacher.model)
     try:
         yield backend, nullcontext
     finally:

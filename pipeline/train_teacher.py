@@ -87,12 +87,13 @@ def _check_models(config: TrainTeacherConfig, task, rounds: list[list]) -> None:
                       config.m_step, config.teacher.generation.use_chat_template)
 
 
-def train_teacher(config: TrainTeacherConfig, *, force: bool = False, progress: bool = True) -> list[dict]:
-    """Run (or resume) ReST-EM and return the per-round metrics."""
-    from core.rundir import RunDir, removed_on_user_error
+def train_teacher(config: TrainTeacherConfig, *, force: bool = False, progress: bool = True,
+                  wait: bool = False) -> list[dict]:
+    """Run (or resume) ReST-EM and return the per-round metrics. `wait`: if another run writes the output folder,
+    wait for it to end instead of refusing."""
+    from core.rundir import RunDir
     from pipeline.rest_em import RestEM
 
     task, rounds, heldout = prepare(config)
-    RunDir(config.output).check_writable()
-    with removed_on_user_error(config.output):
-        return RestEM(config, task, rounds, heldout, progress=progress).run(force=force)
+    RunDir(config.output).check_writable()  # said before the executor starts (Ray: seconds)
+    return RestEM(config, task, rounds, heldout, progress=progress).run(force=force, wait=wait)

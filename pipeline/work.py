@@ -85,6 +85,21 @@ def make_scorer(task, student: ModelSettings, lora: LoraSettings, engine=None) -
     return cls(task, student, lora, engine=engine)
 
 
+def record_failure(path, failure: Failure, name: str, **where) -> dict:
+    """A work item that failed every try, appended to `path` (a run's failures.jsonl) in the one shape every
+    workflow writes, and said: {"key", **where (what the item was: its document, or phase, context and sample),
+    "tries", "error", "workers", "detail" (the last 4000 characters)}. `core.errors.ItemsFailed` names these
+    records by their key. Returns the line."""
+    from core.progress import say
+    from core.rundir import append_jsonl
+
+    line = {"key": failure.key, **where, "tries": failure.tries, "error": failure.error, "workers": failure.workers,
+            "detail": failure.detail[-4000:]}
+    append_jsonl(path, line)
+    say(f"{name}: failed after {failure.tries} tries ({failure.error})")
+    return line
+
+
 def one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__

@@ -15,7 +15,7 @@ import pytest
 
 from core.config import AdaptConfig, SelfEditSettings, load_config
 from core.seeds import context_seed
-from pipeline import adapt
+from pipeline import absorb, adapt
 from pipeline.cli import main
 
 DOCS = [
@@ -85,13 +85,13 @@ def _same_adapter_files(a: Path, b: Path) -> None:
 def counted(monkeypatch):
     """How many documents were absorbed (work items scored) in this process."""
     calls = []
-    original = adapt.DocumentScorer.score
+    original = absorb.DocumentScorer.score
 
     def score(self, item):
         calls.append(item.key)
         return original(self, item)
 
-    monkeypatch.setattr(adapt.DocumentScorer, "score", score)
+    monkeypatch.setattr(absorb.DocumentScorer, "score", score)
     return calls
 
 
@@ -174,7 +174,7 @@ def test_a_rerun_resumes_by_document_and_recomputes_nothing_done(tiny_models, da
 
 def test_a_document_that_always_fails_ends_the_command_naming_it_and_a_rerun_retries_only_it(
         tiny_models, data, tmp_path, monkeypatch, capsys):
-    original = adapt.DocumentScorer.score
+    original = absorb.DocumentScorer.score
     calls = []
 
     def broken(self, item):
@@ -183,7 +183,7 @@ def test_a_document_that_always_fails_ends_the_command_naming_it_and_a_rerun_ret
             raise RuntimeError("cannot absorb mayor")
         return original(self, item)
 
-    monkeypatch.setattr(adapt.DocumentScorer, "score", broken)
+    monkeypatch.setattr(absorb.DocumentScorer, "score", broken)
     docs, edits = data
     out = tmp_path / "run"
     args = ["adapt-student", "--docs", docs, "--edits", edits, "--student", tiny_models["llama"], "--per-document",
@@ -223,7 +223,7 @@ def test_a_document_that_always_fails_ends_the_command_naming_it_and_a_rerun_ret
     assert answer["documents"] == ["mill/old"] and answer["adapter"].endswith("0002_mill_old")
 
     # fixed: the rerun absorbs only the failed document and ends well with the whole report
-    monkeypatch.setattr(adapt.DocumentScorer, "score", original)
+    monkeypatch.setattr(absorb.DocumentScorer, "score", original)
     with pytest.raises(SystemExit) as exc:
         main([str(a) for a in args])
     assert exc.value.code == 0, capsys.readouterr().err

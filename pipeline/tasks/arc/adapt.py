@@ -7,6 +7,7 @@ reported as the fallback); otherwise the task is predicted by the unadapted stud
 
 Output folder:
     config.yaml         the resolved config (a rerun with another config is refused unless forced)
+    .lock               held while a run writes the folder: a second run on it exits naming the first
     self_edits.jsonl    one line per teacher sample, appended per task as the teacher finishes it (resume point)
     results.jsonl       one line per task as the student finishes it: recipe, training, attempts (resume point)
     predictions.json    the ARC submission: {task id: [{"attempt_1": grid, "attempt_2": grid} per test input]}
@@ -21,8 +22,8 @@ import time
 from pathlib import Path
 
 from core.seeds import context_seed
-from pipeline.sampling import teacher_backend
-from core.config import AdaptConfig
+from pipeline.sampling import shares_model, teacher_backend
+from core.config import AdaptConfig, TeacherSettings
 from core.errors import UserError
 from core.models import check_model_reference, load_tokenizer
 from core.progress import progress_bar
@@ -32,11 +33,10 @@ from core.rundir import (
     atomic_write_json,
     atomic_write_text,
     complete_groups,
-    finished_report,
     read_jsonl,
-    removed_on_user_error,
     repair_jsonl,
 )
+from pipeline.runfolder import open_run
 
 from .data import ArcTask, make_submission, write_submission
 from .task import ArcFewShotTask, load_contexts
@@ -67,20 +67,15 @@ def check_input(config: AdaptConfig) -> list[ArcTask]:
     return tasks
 
 
-def adapt_arc(config: AdaptConfig, *, force: bool = False, progress: bool = True) -> dict:
+def adapt_arc(config: AdaptConfig, *, force: bool = False, progress: bool = True, wait: bool = False) -> dict:
     """Run (or resume) ARC test-time adaptation and return its report."""
     tasks = check_input(config)
-    run = RunDir(config.output)
-    run.check_writable()
-    with removed_on_user_error(run.path):
-        run.start(config, force=force, ignore=("executor",))
-        report = finished_report(run, REPORT, force)
-        if report is not None:
-            return report
-        from core import provenance
-
-        provenance.record(run.path, {"teacher": provenance.model_settings(config.teacher.model),
-                                     "student": provenance.model_settings(config.student.model)})
+    models = {"teacher": config.teacher.model, "student": config.student.model}
+    with open_run(config.output, config, force=force, wait=wait, ignore=("executor",), report=REPORT,
+                  models=models) as opened:
+        if opened.finished is not None:
+            return opened.finished
+        run = opened.dir
         if force and (run / RESULTS).exists():
             # A forced rerun may carry a changed config: the student's results are redone, the teacher's samples kept.
             atomic_write_text(run / RESULTS, "")
@@ -91,7 +86,7 @@ def _run(config: AdaptConfig, tasks: list[ArcTask], run: RunDir, progress: bool)
     from student.engine import StudentEngine
 
     timings: dict[str, float] = {}
-    same_model = config.teacher.model == config.student.model and config.teacher.backend == "transformers"
+    same_model = shares_model(config.teacher, config.student)
     engine = StudentEngine(config.student.model, config.student.lora) if same_model else None
     tokenizer = engine.tokenizer if engine else load_tokenizer(
         config.student.model.path, trust_remote_code=config.student.model.trust_remote_code)
@@ -99,7 +94,8 @@ def _run(config: AdaptConfig, tasks: list[ArcTask], run: RunDir, progress: bool)
     arc.check_tokenizer(tasks[0])
 
     t0 = time.perf_counter()
-    edits = write_recipes(config, arc, tasks, run / EDITS, engine=engine, progress=progress)
+    edits = write_recipes(arc, tasks, run / EDITS, teacher=config.teacher, seed=config.seed, engine=engine,
+                          progress=progress)
     timings["teacher_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -129,29 +125,29 @@ def _run(config: AdaptConfig, tasks: list[ArcTask], run: RunDir, progress: bool)
     return report
 
 
-def write_recipes(config: AdaptConfig, arc: ArcFewShotTask, tasks: list[ArcTask], path: Path, *, engine=None,
-                  progress: bool = True) -> dict[str, list[dict]]:
+def write_recipes(arc: ArcFewShotTask, tasks: list[ArcTask], path: Path, *, teacher: TeacherSettings, seed: int,
+                  engine=None, progress: bool = True) -> dict[str, list[dict]]:
     """k recipes per task (unparseable drafts redrawn a bounded number of times), each prepared and recorded.
 
     One task's lines are appended together once its samples are drawn; a task cut short by a kill is redrawn.
     """
-    k = config.teacher.generation.num_samples
+    k = teacher.generation.num_samples
     done = complete_groups(path, "task", k)
     todo = [t for t in tasks if t.id not in done]
     if not todo:
         return done
-    with teacher_backend(config, engine) as (backend, adapter_off):
+    with teacher_backend(teacher, engine) as (backend, adapter_off):
         for task in progress_bar(todo, desc="teacher: writing recipes", enabled=progress):
-            seed = context_seed(config.seed, "teacher", task.id)
+            sample_seed = context_seed(seed, "teacher", task.id)
             start = time.perf_counter()
             with adapter_off():
-                (samples,) = arc.sample_self_edits(backend, [task], config.teacher.generation, [seed])
+                (samples,) = arc.sample_self_edits(backend, [task], teacher.generation, [sample_seed])
             seconds = (time.perf_counter() - start) / len(samples)
             lines = []
             for i, s in enumerate(samples):
                 prepared = arc.prepare(task, s.text)
                 lines.append({
-                    "task": task.id, "sample": i, "seed": seed, "self_edit": s.text, "num_tokens": s.num_tokens,
+                    "task": task.id, "sample": i, "seed": sample_seed, "self_edit": s.text, "num_tokens": s.num_tokens,
                     "finished": s.finished, "attempts": s.attempts, "rejected": s.rejected,
                     "valid": prepared.valid, "reason": prepared.reason, "info": prepared.info,
                     "seconds": round(seconds, 3),
