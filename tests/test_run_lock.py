@@ -122,3 +122,24 @@ def test_a_running_adapt_student_holds_its_folder_and_its_lock_dies_with_it(tiny
     code, _, err = run_cli(_adapt_args(tiny_models, data, out, "--set", "student.train.epochs=60"), capsys)
     assert code == 0, err
     assert json.loads((out / "report.json").read_text())["documents"] == len(DOCS)
+
+
+def test_ctrl_c_exits_130_and_says_how_to_resume(tiny_models, data, tmp_path):
+    """A real seal-tt process interrupted with SIGINT while it waits for a held folder (typer hands Ctrl-C back as a
+    returned 130, which the CLI once turned into exit 0)."""
+    out = tmp_path / "run"
+    holder = _hold(out, 120)
+    try:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli",
+                                 *map(str, _adapt_args(tiny_models, data, out, "--wait"))],
+                                cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+        time.sleep(8)  # past the imports, into the wait
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "interrupted: rerun the same command" in err
+    finally:
+        holder.kill()
+        holder.wait()
