@@ -1,6 +1,8 @@
 """Typed configuration: dataclasses with visible defaults, loaded from YAML, overridable field by field.
 
-One dataclass per command. `load_config(cls, path, overrides)` merges, in order: the dataclass defaults, the YAML
+The settings blocks both roles share live here (model, LoRA, training, generation, evaluation, executor, the M-step);
+each command's config lives beside its workflow (`pipeline.settings`, `pipeline.store.config`; the registry is
+`pipeline.commands.CONFIGS`). `load_config(cls, path, overrides)` merges, in order: the dataclass defaults, the YAML
 file, then `key.sub=value` overrides from the command line. Unknown keys and wrong types are user errors with a
 suggestion, never silently ignored: a typo in `lora.rank` must not train with the default rank.
 """
@@ -17,6 +19,7 @@ from typing import Any, Literal
 
 import json
 import re
+import sys
 
 import yaml
 
@@ -141,12 +144,8 @@ class SelfEditSettings:
     max_sequences: int = 30
 
     def __post_init__(self):
-        # Checked when the config is built (load_config), so a bad value fails before any model loads.
-        if isinstance(self.max_sequences, bool) or not isinstance(self.max_sequences, int) or self.max_sequences < 0:
-            raise UserError(
-                f"config key 'self_edit.max_sequences': expected 0 (no cap) or a positive integer, "
-                f"got {self.max_sequences!r}"
-            )
+        # Checked when the block is built (load_config, or by hand), so a bad value fails before any model loads.
+        check_ranges(self, "self_edit.")
 
 
 @dataclass
@@ -220,67 +219,6 @@ class StudentSettings:
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     distributed: DistributedSettings = field(default_factory=DistributedSettings)
-
-
-@dataclass
-class ArcSettings:
-    """Few-shot ARC (task: arc): inputs, the limits a recipe must respect, test-time data, prediction."""
-
-    challenges: str | None = None
-    solutions: str | None = None
-    # train-teacher: held-out tasks (the paper: its filtered evaluation file); unset, data.heldout_contexts tasks are
-    # held out of the shuffled training tasks.
-    heldout_challenges: str | None = None
-    heldout_solutions: str | None = None
-    # Between the cells of a grid row: "" writes one digit per cell; " " realigns tokens with cells for tokenizers
-    # that merge digit runs (Llama 3), at about twice the length.
-    sep: str = ""
-    # A recipe outside these bounds is invalid (reward 0), never clipped into range.
-    max_learning_rate: float = 1e-2
-    max_epochs: int = 10
-    # Leave-one-out tasks (with the recipe's augmentations) per ARC task: the untransformed ones are kept first,
-    # the rest sampled with a seed. Examples longer than student.train.max_length tokens are left out and counted.
-    max_examples: int = 250
-    # A recipe that costs more optimizer steps (epochs x batches) is invalid, not shortened.
-    max_training_steps: int = 375
-    # A teacher sample whose JSON does not parse is re-drawn at most this many times, then recorded as invalid.
-    resamples: int = 2
-    # A JSON recipe used where no teacher sample is valid, and reported as such; null: such a task is not adapted
-    # (its predictions come from the unadapted student).
-    fallback_recipe: str | None = None
-    # Predict under the first N of (identity, the 7 other symmetries of the square), invert, vote into 2 attempts.
-    voting_transforms: int = 8
-    # Generation budget beyond the character length of the largest output grid the task suggests.
-    max_new_tokens_margin: int = 16
-    # adapt-student: also save each task's adapter under adapters/<task id>/.
-    save_adapters: bool = False
-
-
-# ------------------------------------------------------------------------------------------------ commands
-@dataclass
-class AdaptConfig:
-    """`seal-tt adapt-student`: the teacher writes self-edits for documents, the student absorbs them."""
-
-    task: Literal["knowledge", "arc"] = "knowledge"
-    docs: list[str] = field(default_factory=list)
-    questions: str | None = None
-    limit: int | None = None
-    output: str = "runs/adapt"
-    # joint: every document into one adapter (continued pretraining); per_document: one adapter each
-    mode: Literal["joint", "per_document"] = "joint"
-    # also write merged/ (base + adapter folded into plain weights, safetensors); joint mode only
-    merge: bool = False
-    seed: int = 0
-    teacher: TeacherSettings = field(default_factory=TeacherSettings)
-    student: StudentSettings = field(default_factory=StudentSettings)
-    self_edit: SelfEditSettings = field(default_factory=SelfEditSettings)
-    edits: EditsSettings = field(default_factory=EditsSettings)
-    passages: PassageSettings = field(default_factory=PassageSettings)
-    # Print the plan (passages, sequences, steps, a time estimate) and stop before any model loads.
-    dry_run: bool = False
-    arc: ArcSettings = field(default_factory=ArcSettings)
-    # Where mode=per_document's documents are absorbed (one work item each): this process, or Ray workers.
-    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -426,7 +364,12 @@ _RANGES = {
                     "batch_size": (lambda v: v >= 1, ">= 1"), "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
                     "weight_decay": (lambda v: v >= 0, ">= 0"), "max_length": (lambda v: v >= 16, ">= 16"),
                     "max_grad_norm": (lambda v: v is None or v > 0, "> 0 or null"),
+                    "checkpoint_minutes": (lambda v: v > 0, "> 0"),
+                    "checkpoint_steps": (lambda v: v is None or v >= 1, ">= 1 or null"),
                     "distill_weight": (lambda v: 0 <= v <= 1, "in [0, 1]")},
+    GenerationSettings: {"num_samples": (lambda v: v >= 1, ">= 1")},
+    SelfEditSettings: {"max_sequences": (lambda v: v >= 0, ">= 0 (0: no cap)")},
+    DistributedSettings: {"nproc": (lambda v: v >= 1, ">= 1")},
     ExecutorSettings: {"workers": (lambda v: v is None or v >= 1, ">= 1 or null"),
                        "cpus_per_worker": (lambda v: v > 0, "> 0"),
                        "gpus_per_worker": (lambda v: v is None or v >= 0, ">= 0 or null"),
@@ -437,9 +380,16 @@ _RANGES = {
 }
 
 
+def _ranges_of(cls) -> dict:
+    """A settings class's bounds: the `_RANGES` table of the module that defines it (this one for the shared blocks,
+    a command's own module for its blocks)."""
+    table = getattr(sys.modules.get(cls.__module__), "_RANGES", None)
+    return table.get(cls, {}) if isinstance(table, dict) else {}
+
+
 def check_ranges(config, prefix: str = "") -> None:
-    """Every LoRA and training setting inside `config` within its bounds; else a UserError naming the key."""
-    checks = _RANGES.get(type(config), {})
+    """Every setting inside `config` within its bounds; else a UserError naming the key."""
+    checks = _ranges_of(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         key = f"{prefix}{f.name}"
@@ -458,38 +408,6 @@ def dump_yaml(config) -> str:
 
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass
-class DataSettings:
-    """Contexts for ReST-EM: a pool of documents with questions, split into held-out and per-round training sets."""
-
-    docs: list[str] = field(default_factory=list)
-    questions: str | None = None
-    # Held-out contexts come from these files when given, else from the front of the shuffled pool.
-    heldout_docs: list[str] = field(default_factory=list)
-    contexts_per_round: int = 50
-    heldout_contexts: int = 200
-    # true: each round takes new training contexts (the paper); false: every round reuses the same ones
-    fresh_per_round: bool = True
-    shuffle_seed: int = 0
-
-
-@dataclass
-class RestEMSettings:
-    """The outer loop's choices, all visible (the paper's where it states them)."""
-
-    seeds_per_edit: int = 3
-    selection: Literal["best_of_k", "all_positive", "top_k"] = "best_of_k"
-    top_k: int = 1  # cap per context for selection=top_k
-    must_beat_baseline: bool = True  # drop selected self-edits whose mean reward is <= 0
-    m_step_init: Literal["previous", "base"] = "previous"
-    merge_teacher: bool = False  # also save each round's teacher with the LoRA merged into the weights
-    # The paper's setting: the model that writes self-edits is also the one that learns them; after each M-step the
-    # student becomes the new teacher's merged weights (implies merge_teacher).
-    student_follows_teacher: bool = False
-    heldout_samples: int = 1
-    heldout_temperature: float | None = None  # None: teacher.generation.temperature
 
 
 @dataclass
@@ -513,114 +431,9 @@ class MStepSettings:
     launcher: Literal["torchrun", "deepspeed", "accelerate", "python"] = "torchrun"
 
 
-@dataclass
-class WarmStartSettings:
-    """SFT the teacher on another writer's (passage, completion) pairs before round 1 (teacher/warm_start.py), with
-    the M-step's settings (`m_step`). Each prompt is re-rendered from its passage with self_edit.prompt."""
-
-    # JSONL of {prompt, completion} (the paper's EM_SFT files; the passage is parsed out of the raw prompt) or JSON
-    # lists of {title, context, completions}; empty: no warm start.
-    files: list[str] = field(default_factory=list)
-    completions_per_passage: int | None = 1  # from {completions} records: the first N; null: all
-    # Document files (anything --docs reads) whose passages must never be trained on, besides the held-out ones.
-    exclude: list[str] = field(default_factory=list)
-    limit: int | None = None  # the first N pairs only
-
-
-@dataclass
-class TrainTeacherConfig:
-    """`seal-tt train-teacher`: ReST-EM rounds of E-step (sample, absorb, score) and M-step (SFT the teacher)."""
-
-    task: Literal["knowledge", "arc"] = "knowledge"
-    output: str = "runs/train-teacher"
-    rounds: int = 2
-    seed: int = 0
-    data: DataSettings = field(default_factory=DataSettings)
-    teacher: TeacherSettings = field(default_factory=TeacherSettings)
-    student: StudentSettings = field(default_factory=StudentSettings)
-    self_edit: SelfEditSettings = field(default_factory=SelfEditSettings)
-    rest_em: RestEMSettings = field(default_factory=RestEMSettings)
-    m_step: MStepSettings = field(default_factory=MStepSettings)
-    arc: ArcSettings = field(default_factory=ArcSettings)
-    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
-    # Live metrics: any of tensorboard, trackio, wandb (pipeline/tracking.py); empty: none.
-    report_to: list[str] = field(default_factory=list)
-    # Distillation before round 1: SFT the teacher on these pairs first (train-teacher --warm-start FILE).
-    warm_start: WarmStartSettings = field(default_factory=WarmStartSettings)
-
-
-@dataclass
-class ReplaySettings:
-    ratio: float = 1.0  # earlier self-edit sequences replayed per new sequence (strategy=replay)
-    max_sequences: int | None = None  # a cap on the replayed sequences per update (None: ratio alone)
-
-
-@dataclass
-class GateSettings:
-    """A retention gate: an update that drops the earlier documents' probes by more than `max_drop` is not kept
-    as it is."""
-
-    max_drop: float | None = None  # None: no gate; else the most the earlier probes' mean score may fall
-    action: Literal["reject", "scale"] = "reject"  # scale: halve the update until it passes (down to min_scale)
-    min_scale: float = 0.125
-
-
-@dataclass
-class ProbeSettings:
-    """Questions scored before and after every update, to measure what the store keeps and what it loses."""
-
-    max_documents: int | None = None  # earlier documents whose probes are scored per update (None: all)
-    teacher_questions: bool = True  # documents without questions get questions the teacher writes (flagged)
-    per_document: int = 5  # teacher-written questions per document
-    max_new_tokens: int = 256  # for the teacher writing them
-
-
-@dataclass
-class DriftSettings:
-    """General-ability drift: KL(base || student) in bits per token on fixed text, after every update."""
-
-    text: str | None = None  # a text file; None: the packaged sample documents
-    max_tokens: int = 512
-
-
-@dataclass
-class StoreConfig:
-    """`seal-tt update`: keep one student's knowledge up to date from a folder of documents, one update at a time.
-
-    The student, its LoRA, its training settings, the strategy and the seed are fixed when the store is created;
-    the documents, the teacher, the probes' budget and the gate may change from one update to the next.
-    """
-
-    store: str = "store"
-    docs: list[str] = field(default_factory=list)
-    questions: str | None = None
-    strategy: Literal["merge", "replay", "library", "joint"] = "merge"
-    seed: int = 0
-    teacher: TeacherSettings = field(default_factory=TeacherSettings)
-    student: StudentSettings = field(default_factory=StudentSettings)
-    self_edit: SelfEditSettings = field(default_factory=SelfEditSettings)
-    edits: EditsSettings = field(default_factory=lambda: EditsSettings(count=None))
-    passages: PassageSettings = field(default_factory=PassageSettings)
-    replay: ReplaySettings = field(default_factory=ReplaySettings)
-    gate: GateSettings = field(default_factory=GateSettings)
-    probes: ProbeSettings = field(default_factory=ProbeSettings)
-    drift: DriftSettings = field(default_factory=DriftSettings)
-
-
-# What a store keeps from its creation: a later update with other values would mix students in one store.
-STORE_FIXED = ("student.model", "student.lora", "student.train", "student.eval", "strategy", "seed",
-               "self_edit")
-
-_RANGES[ReplaySettings] = {"ratio": (lambda v: v >= 0, ">= 0"),
-                           "max_sequences": (lambda v: v is None or v >= 0, ">= 0 or null")}
-_RANGES[GateSettings] = {"max_drop": (lambda v: v is None or 0 <= v <= 1, "in [0, 1] or null"),
-                         "min_scale": (lambda v: 0 < v <= 1, "in (0, 1]")}
-_RANGES[ProbeSettings] = {"max_documents": (lambda v: v is None or v >= 0, ">= 0 or null"),
-                          "per_document": (lambda v: v >= 1, ">= 1"), "max_new_tokens": (lambda v: v >= 1, ">= 1")}
-_RANGES[DriftSettings] = {"max_tokens": (lambda v: v >= 8, ">= 8")}
-_RANGES[WarmStartSettings] = {"completions_per_passage": (lambda v: v is None or v >= 1, ">= 1 or null"),
-                              "limit": (lambda v: v is None or v >= 1, ">= 1 or null")}
-
-
-CONFIGS: dict[str, type] = {"adapt-student": AdaptConfig, "train-teacher": TrainTeacherConfig,
-                           "update": StoreConfig}
+# The M-step trains like an absorption: its training settings have the same bounds as `student.train`'s.
+_RANGES[MStepSettings] = {
+    **{name: _RANGES[TrainSettings][name] for name in ("learning_rate", "epochs", "batch_size", "warmup_ratio",
+                                                       "max_length")},
+    "gradient_accumulation_steps": (lambda v: v >= 1, ">= 1"), "nproc": (lambda v: v >= 1, ">= 1"),
+}

@@ -27,18 +27,19 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.config import AdaptConfig, EvalSettings
+from core.config import EvalSettings
 from core.errors import UserError
 from core.models import check_model_reference
 from core.progress import say
 from core.rundir import RunDir, atomic_write_json
+from pipeline import self_edits
 from pipeline.absorb import absorb_joint, absorb_per_document, absorb_sharded, adapter_names, is_sharded
 from pipeline.documents import Document, load_documents, load_questions
 from pipeline.plan import AdaptPlan, estimate, plan_adaptation
 from pipeline.runfolder import open_run
 from pipeline.sampling import Resident, shares_model
-from pipeline import self_edits
 from pipeline.self_edits import TrainingTexts, sequences_over_cap, training_sequences
+from pipeline.settings import AdaptConfig
 from pipeline.tasks import knowledge
 
 EDITS = "self_edits.jsonl"
@@ -71,9 +72,6 @@ def prepare(config: AdaptConfig) -> tuple[list[Document], dict[str, list[str]] |
     if given is None:  # with given self-edits no teacher is loaded, so none needs to be named
         check_model_reference(config.teacher.model.path, "teacher", allow_adapter=True)
     check_model_reference(config.student.model.path, "student")
-    tr = config.student.train
-    if tr.checkpoint_minutes <= 0 or (tr.checkpoint_steps is not None and tr.checkpoint_steps < 1):
-        raise UserError("student.train.checkpoint_minutes must be > 0 and checkpoint_steps >= 1 (or null)")
     knowledge.teacher_prompts(docs[:1], config.self_edit)  # validates the template
     if config.student.eval.metric == "llm_judge" and not config.student.eval.judge_model:
         raise UserError("student.eval.metric is llm_judge but student.eval.judge_model is not set")
@@ -81,8 +79,6 @@ def prepare(config: AdaptConfig) -> tuple[list[Document], dict[str, list[str]] |
     if dist.deepspeed or dist.nproc > 1:
         if config.mode != "joint":
             raise UserError("sharded training (student.distributed) trains one adapter: it needs mode=joint")
-        if dist.nproc < 1:
-            raise UserError("student.distributed.nproc must be at least 1")
         from student.distributed import refuse_unsupported_objective
 
         refuse_unsupported_objective(config.student.train)  # said before the teacher writes anything
@@ -91,8 +87,6 @@ def prepare(config: AdaptConfig) -> tuple[list[Document], dict[str, list[str]] |
         load_deepspeed_config(dist.deepspeed)  # a missing or malformed file fails here, before any work
     if config.merge and config.mode != "joint":
         raise UserError("merge=true writes one merged model and needs mode=joint")
-    if config.teacher.generation.num_samples < 1:
-        raise UserError("teacher.generation.num_samples must be at least 1")
     check_executor(config)
     from core.lora import check_lora_targets
 
@@ -141,7 +135,8 @@ def adapt_student(config: AdaptConfig, *, force: bool = False, progress: bool = 
     plan = plan_run(config, docs, given)
     models = {"student": config.student.model, "teacher": config.teacher.model if given is None else None}
     # Where the documents are absorbed does not change what they give: a run may resume on another executor.
-    with open_run(config.output, config, force=force, wait=wait, ignore=("executor",), report=REPORT,
+    report = REPORT if not changed_since_finished(config, docs, plan, force) else None
+    with open_run(config.output, config, force=force, wait=wait, ignore=("executor",), report=report,
                   models=models) as opened:
         if opened.finished is not None:
             return opened.finished
@@ -156,6 +151,21 @@ def adapt_student(config: AdaptConfig, *, force: bool = False, progress: bool = 
             outcome = absorb_per_document_step(config, docs, training, run, student, progress, timings)
         report = make_report(config, docs, edits, plan, training, outcome, timings)
         return finish(run, report, outcome.failed)
+
+
+def changed_since_finished(config: AdaptConfig, docs: list[Document], plan: AdaptPlan | None, force: bool) -> int:
+    """A finished run whose self-edits were written for other document text, another prompt or another teacher (or
+    edits file) is not reused as finished: the resume redoes what changed (`pipeline.stamps`). Returns how many
+    passages changed (0: nothing to redo, or no finished run)."""
+    out = Path(config.output).expanduser()
+    if force or not (out / REPORT).is_file() or not (out / EDITS).is_file():
+        return 0
+    changed = self_edits.changed_since(out / EDITS, docs, plan, teacher=config.teacher, self_edit=config.self_edit,
+                                       edits_file=config.edits.file)
+    if changed:
+        say(f"{out} is complete, but the self-edits of {changed} passage(s) were written for another text, prompt "
+            "or teacher: they are redone and the student trained again")
+    return changed
 
 
 # ---------------------------------------------------------------------------------------------------- the steps
@@ -313,28 +323,6 @@ def finish(run: RunDir, report: dict, failed: list[dict]) -> dict:
 
 
 # ------------------------------------------------------------------------- the store's entry points (until it moves)
-def write_given_edits(config, docs: list[Document], given: dict[str, list[str]], path: Path) -> list[dict]:
-    """`pipeline.self_edits.write_given_edits` with a config's settings (the store's caller)."""
-    return self_edits.write_given_edits(docs, given, path, self_edit=config.self_edit, edits=config.edits)
-
-
-def write_self_edits(config, docs: list[Document], path: Path, *, engine=None, progress=True,
-                     plan: AdaptPlan | None = None, teacher=None) -> list[dict]:
-    """`pipeline.self_edits.write_self_edits` with a config's settings (the store's caller)."""
-    return self_edits.write_self_edits(docs, path, teacher=config.teacher, self_edit=config.self_edit,
-                                       seed=config.seed, plan=plan, engine=engine, open_teacher=teacher,
-                                       progress=progress)
-
-
-def training_texts_by_document(config, docs: list[Document], edits: list[dict],
-                               plan: AdaptPlan | None) -> tuple[dict[str, list[str]], int]:
-    """`pipeline.self_edits.training_sequences` with a config's settings: (texts per document, how many split)."""
-    training = training_sequences(docs, edits, plan, self_edit=config.self_edit,
-                                  max_length=config.student.train.max_length,
-                                  num_samples=config.teacher.generation.num_samples, edits_file=config.edits.file)
-    return training.texts, training.split
-
-
 def _report(config, docs, edits, before, after, train_stats, timings) -> dict:
     before_by = defaultdict(list)
     after_by = defaultdict(list)

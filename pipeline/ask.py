@@ -106,7 +106,8 @@ def open_run(run: str | Path, *, force: bool = False) -> Asker:
     """An adapt-student run folder: its student, its eval settings, its adapter (or per-document adapters)."""
     import yaml
 
-    from core.config import AdaptConfig, load_config
+    from core.config import load_config
+    from pipeline.settings import AdaptConfig
     from core.rundir import read_jsonl
     from pipeline.store.router import LexicalRouter
     from pipeline.store.strategies import Library

@@ -125,7 +125,7 @@ def adapt_student_cmd(
 ):
     """The teacher writes self-edits for your documents; the student absorbs them into a LoRA adapter."""
     from pipeline.adapt import adapt_student
-    from core.config import AdaptConfig
+    from pipeline.settings import AdaptConfig
 
     flags = {
         "docs": docs, "teacher.model.path": teacher, "student.model.path": student, "questions": questions,
@@ -168,7 +168,7 @@ def train_teacher_cmd(
     quiet: bool = typer.Option(False, help="No progress output."),
 ):
     """Train the teacher with ReST-EM: sample self-edits, score them on the student, SFT on the winners."""
-    from core.config import TrainTeacherConfig
+    from pipeline.settings import TrainTeacherConfig
     from pipeline.train_teacher import train_teacher
 
     flags = {"data.docs": docs, "teacher.model.path": teacher, "student.model.path": student, "rounds": rounds,
@@ -249,7 +249,7 @@ def update_cmd(
     quiet: bool = typer.Option(False, help="No progress output."),
 ):
     """Absorb what is new or changed in a document folder into a knowledge store; measure what it kept."""
-    from core.config import StoreConfig
+    from pipeline.store.config import StoreConfig
     from pipeline.store.update import update_store
 
     flags = {"store": store, "docs": docs, "teacher.model.path": teacher, "student.model.path": student,
@@ -480,7 +480,8 @@ def show_config(
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
 ):
     """Print the resolved config of a command as YAML (defaults, file and overrides applied)."""
-    from core.config import CONFIGS, dump_yaml
+    from core.config import dump_yaml
+    from pipeline.commands import CONFIGS
 
     if command not in CONFIGS:
         raise UserError(f"unknown command {command!r}; choose from {', '.join(CONFIGS)}")

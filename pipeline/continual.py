@@ -16,10 +16,11 @@ import json
 import random
 from pathlib import Path
 
-from core.config import StoreConfig, _deep_merge, load_config
+from core.config import _deep_merge, load_config
 from core.progress import say
 from core.rundir import atomic_write_json, atomic_write_text
 from pipeline.documents import Document
+from pipeline.store.config import StoreConfig
 
 # The strategies compared, as overrides of the stream's base settings.
 STRATEGIES: dict[str, dict] = {

@@ -14,32 +14,16 @@ import statistics
 from pathlib import Path
 
 from core.cache import cache_root
-from core.config import AdaptConfig, TrainTeacherConfig, _deep_merge, load_config, parse_override
+from core.config import _deep_merge, load_config, parse_override, read_yaml
 from core.errors import UserError
 from core.progress import say
 from pipeline.samples import sample_docs
+from pipeline.settings import AdaptConfig, TrainTeacherConfig
 from pipeline.stats import mean_ci95, ratio_bootstrap
 
-# The demo's ReST-EM settings, visible in one place; `--set` overrides any of them.
-DEMO_SETTINGS: dict = {
-    "rounds": 2,
-    "data": {"contexts_per_round": 32, "heldout_contexts": 48, "fresh_per_round": True},
-    "teacher": {"generation": {"num_samples": 5, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 96,
-                               "batch_size": 5, "use_chat_template": "never"}},
-    "self_edit": {"split": "lines", "prefix_title": False, "include_passage": False, "min_chars": 4},
-    "student": {
-        "model": {"dtype": "float32"},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
-                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
-        "train": {"learning_rate": 3e-3, "epochs": 40, "batch_size": 64, "max_length": 256},
-        "eval": {"max_new_tokens": 4, "batch_size": 64, "metric": "exact_match", "use_chat_template": "never"},
-    },
-    "rest_em": {"seeds_per_edit": 1, "selection": "best_of_k", "must_beat_baseline": True, "m_step_init": "previous",
-                "heldout_samples": 3},
-    "m_step": {"lora": {"r": 32, "alpha": 64, "dropout": 0.0,
-                        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
-               "learning_rate": 3e-3, "epochs": 4, "batch_size": 8, "max_length": 512},
-}
+# The demo's ReST-EM settings, a shipped YAML validated like configs/ (tests/test_config.py); `--set` overrides any.
+DEMO_YAML = Path(__file__).resolve().parent / "data" / "demo.yaml"
+DEMO_SETTINGS: dict = read_yaml(DEMO_YAML)
 
 
 def demo_config(wm, output: str | Path, overrides: list[str] | None = None) -> TrainTeacherConfig:

@@ -13,10 +13,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.config import AdaptConfig, PassageSettings, SelfEditSettings, StudentSettings, TeacherSettings
+from core.config import PassageSettings, SelfEditSettings, StudentSettings, TeacherSettings
 from core.errors import UserError
 from pipeline.documents import Document
 from pipeline.passages import PassagePlan, plan_document, split_text, token_counter
+from pipeline.settings import AdaptConfig
 from pipeline.tasks import knowledge
 
 # Unset passages.max_tokens: a passage of about a SQuAD paragraph or three, which a small teacher can still read whole.

@@ -24,8 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-from core.seeds import context_seed
-from core.config import ModelSettings, TrainTeacherConfig
+from core.config import ModelSettings
 from core.errors import UserError
 from core.progress import progress_bar, say
 from core.rundir import (
@@ -37,6 +36,9 @@ from core.rundir import (
     read_jsonl,
     repair_jsonl,
 )
+from core.seeds import context_seed
+from pipeline import stamps
+from pipeline.settings import TrainTeacherConfig
 from teacher.selection import select
 
 VOLATILE = ("timings",)  # fields that differ between otherwise identical runs
@@ -62,6 +64,7 @@ class RestEM:
         self.tracker = Tracker([])
         self._steps = {"e_step": 0, "heldout": 0, "m_step": 0}
         self._baselines: dict[tuple[str, str], float] = {}
+        self._redrawn: dict[tuple[int, str], list[str]] = {}  # (round, tag) -> contexts a resume sampled again
         merge = config.rest_em.merge_teacher or config.rest_em.student_follows_teacher
         self.merge = merge
         self.force = False  # run(force=True): a changed warm-start file is accepted
@@ -194,7 +197,18 @@ class RestEM:
         from pipeline.work import WorkItem, record_failure
 
         repair_jsonl(path)
-        done = {(x["context"], x["sample"]): x for x in read_jsonl(path)}
+        # A score is redone when its sample (as the sample's stamp says) or the student changed; one from before
+        # stamps is kept (and stamped) if its sample was not drawn again and the run recorded the current student.
+        scorer, redrawn = stamps.model_id(student.path), self._redrawn.get((r - (phase == "e_step"), phase), [])
+        expected = {(cid, s["sample"]): stamps.of_sample(s, scorer) for cid in map(self.task.context_id, contexts)
+                    for s in samples[cid]}
+        same = stamps.recorded_model_agrees(self.run_dir.path, "student",
+                                            stamps.model_id(self.config.student.model.path))
+        kept = stamps.resume(path, {(x["context"], x["sample"]): [x] for x in read_jsonl(path)}, expected,
+                             what=f"{phase} r{r}", unit="scores", legacy=lambda key, _: same and key[0] not in redrawn)
+        done = {key: recs[0] for key, recs in kept.items()}
+        for cid in redrawn:  # the unadapted student's score on a changed passage is taken again
+            self._baselines.pop((student.path, cid), None)
         items = []
         for ctx in contexts:
             cid = self.task.context_id(ctx)
@@ -220,6 +234,7 @@ class RestEM:
                              {"student": student.path, "context": cid, "score": rec["baseline"]})
             if phase == "heldout":
                 rec["score"] = rec["scores"][0] if rec["scores"] else rec["baseline"]
+            rec[stamps.KEY] = expected[(cid, item.sample["sample"])]
             append_jsonl(path, rec)
             done[(cid, item.sample["sample"])] = rec
             finished += 1
@@ -237,7 +252,14 @@ class RestEM:
         gen = replace(self.config.teacher.generation, num_samples=n)
         if temperature is not None:
             gen = replace(gen, temperature=temperature)
-        complete = complete_groups(path, "context", n)
+        # A context whose passage or prompt changed, or sampled by another teacher, is sampled again (records from
+        # before stamps: if the run recorded the current base teacher; later teachers are this run's own M-steps).
+        prompts = {self.task.context_id(c): (getattr(c, "text", ""), self.task.prompt(c)) for c in contexts}
+        same = stamps.recorded_model_agrees(self.run_dir.path, "teacher", stamps.model_id(self.base.path))
+        model, adapter = self.teacher_at(r)
+        complete, expected, self._redrawn[(r, tag)] = stamps.resume_prompted(
+            path, complete_groups(path, "context", n), prompts, stamps.model_id(model.path, adapter),
+            same_model=same, what=f"samples r{r} ({tag})", unit="contexts")
         todo = [c for c in contexts if self.task.context_id(c) not in complete]
         if todo:
             backend = self._teacher_backend(r)
@@ -245,14 +267,15 @@ class RestEM:
                 for ctx in progress_bar(todo, desc=f"teacher r{r}: sampling ({tag})", enabled=self.progress):
                     cid = self.task.context_id(ctx)
                     seed = context_seed(self.config.seed, tag, r, cid)
-                    prompt = self.task.prompt(ctx)
+                    prompt = prompts[cid][1]
                     if hasattr(self.task, "sample_self_edits"):  # tasks that redraw unparseable drafts (ARC)
                         (samples,) = self.task.sample_self_edits(backend, [ctx], gen, [seed])
                     else:
                         (samples,) = backend.sample([prompt], gen, [seed])
                     recs = [{"context": cid, "sample": i, "seed": seed, "prompt": prompt, "self_edit": s.text,
                              "num_tokens": s.num_tokens, "finished": s.finished,
-                             **({"attempts": s.attempts, "rejected": s.rejected} if hasattr(s, "attempts") else {})}
+                             **({"attempts": s.attempts, "rejected": s.rejected} if hasattr(s, "attempts") else {}),
+                             stamps.KEY: expected[cid]}
                             for i, s in enumerate(samples)]
                     for rec in recs:
                         append_jsonl(path, rec)

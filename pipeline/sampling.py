@@ -49,8 +49,6 @@ def teacher_backend(teacher: TeacherSettings, engine=None):
     # Looked up at call time, so a test (or a user) can swap the backend class or factory on teacher.backends.
     from teacher.backends import TransformersBackend, make_backend
 
-    # A command's whole config (one with a `teacher` block) is still taken, until every caller hands the block.
-    teacher = getattr(teacher, "teacher", teacher)
     if engine is not None:
         yield (TransformersBackend(teacher.model, peft_model=engine.model, tokenizer=engine.tokenizer),
                engine.model.disable_adapter)

@@ -52,14 +52,47 @@ def write_given_edits(docs: list[Document], given: dict[str, list[str]], path: P
                       self_edit: SelfEditSettings, edits: EditsSettings) -> list[dict]:
     """The records of pre-written self-edits (`edits.file`, from index `edits.start`), in the same layout as the
     teacher's (no prompt, no seed); `path` is rewritten whole."""
+    from pipeline import stamps
+
+    made_by = stamps.edits_id(edits.file)
     records = [
         {"document": doc.id, "sample": edits.start + i, "source": str(edits.file), "self_edit": text,
-         **training_texts(doc, text, self_edit)}
+         **training_texts(doc, text, self_edit), stamps.KEY: stamps.stamp(doc.text, "", made_by)}
         for doc in docs for i, text in enumerate(given[doc.id])
     ]
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     say(f"self-edits: {len(records)} given for {len(docs)} documents ({edits.file}); no teacher loaded")
     return records
+
+
+def expected_stamps(docs: list[Document], plan: AdaptPlan | None, *, teacher: TeacherSettings | None = None,
+                    self_edit: SelfEditSettings, edits_file: str | None = None) -> tuple[dict, dict, str]:
+    """(passage id -> the stamp its self-edits carry when written now, passage id -> its prompt, the writer's
+    identity): the teacher's content hash, or with `edits_file` that file's (given self-edits, keyed by document)."""
+    from pipeline import stamps
+
+    if edits_file:
+        made_by = stamps.edits_id(edits_file)
+        return {d.id: stamps.stamp(d.text, "", made_by) for d in docs}, {}, made_by
+    pairs = units(docs, plan)
+    prompt_of = dict(zip([p.id for _, p in pairs], knowledge.teacher_prompts([p for _, p in pairs], self_edit)))
+    made_by = stamps.model_id(teacher.model.path)
+    return {p.id: stamps.stamp(p.text, prompt_of[p.id], made_by) for _, p in pairs}, prompt_of, made_by
+
+
+def changed_since(path: Path, docs: list[Document], plan: AdaptPlan | None, *, teacher: TeacherSettings | None,
+                  self_edit: SelfEditSettings, edits_file: str | None = None) -> int:
+    """How many passages' self-edits in `path` (a finished run's) carry a stamp that the current documents, prompt
+    and teacher (or edits file) no longer give, or are missing. Records from before stamps are not counted."""
+    from core.rundir import read_jsonl
+    from pipeline import stamps
+
+    expected, _, _ = expected_stamps(docs, plan, teacher=teacher, self_edit=self_edit, edits_file=edits_file)
+    found: dict[str, list] = {}
+    for rec in read_jsonl(path):
+        found.setdefault(rec["document"] if edits_file else unit_key(rec), []).append(rec.get(stamps.KEY))
+    return sum(1 for key, want in expected.items()
+               if key not in found or any(s is not None and not stamps.matches(s, want) for s in found[key]))
 
 
 def write_self_edits(docs: list[Document], path: Path, *, teacher: TeacherSettings, self_edit: SelfEditSettings,
@@ -71,15 +104,23 @@ def write_self_edits(docs: list[Document], path: Path, *, teacher: TeacherSettin
     `engine`: the student, when it is the teacher's model too (sampled with its adapter off). `open_teacher`: a
     callable giving an already open (backend, adapter_off), for a caller that samples more than self-edits from one
     loaded teacher; called only when something is left to sample."""
+    from pipeline import stamps
+
     k = teacher.generation.num_samples
-    done = complete_groups(path, unit_key, k)
     pairs = units(docs, plan)
+    expected, prompt_of, made_by = expected_stamps(docs, plan, teacher=teacher, self_edit=self_edit)
+    # A passage whose text or prompt changed, or written by another teacher, is written again; records from before
+    # stamps are kept (and stamped) if they record the current prompt and the run recorded the current teacher.
+    same_teacher = stamps.recorded_model_agrees(Path(path).parent, "teacher", made_by)
+    done = stamps.resume(path, complete_groups(path, unit_key, k), expected, what="self-edits", unit="passages",
+                         legacy=lambda key, recs: same_teacher and all(r.get("prompt") == prompt_of[key]
+                                                                       for r in recs))
     todo = [(d, p) for d, p in pairs if p.id not in done]
     if len(todo) < len(pairs):
         say(f"self-edits: those of {len(pairs) - len(todo)} of {len(pairs)} passages reused from {path}"
             + (f"; {len(todo)} to write" if todo else "; the teacher is not loaded"))
     if todo:
-        prompts = dict(zip([p.id for _, p in todo], knowledge.teacher_prompts([p for _, p in todo], self_edit)))
+        prompts = prompt_of
         opened = nullcontext(open_teacher()) if open_teacher is not None else teacher_backend(teacher, engine)
         with opened as (backend, adapter_off):
             for parent, doc in progress_bar(todo, desc="teacher: writing self-edits", enabled=progress):
@@ -97,6 +138,7 @@ def write_self_edits(docs: list[Document], path: Path, *, teacher: TeacherSettin
                         "num_tokens": s.num_tokens,
                         "finished": s.finished,
                         **training_texts(doc, s.text, self_edit),
+                        stamps.KEY: expected[doc.id],
                     }
                     for i, s in enumerate(samples)
                 ]

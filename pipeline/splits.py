@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from core.config import TrainTeacherConfig
 from core.errors import UserError
+from pipeline.settings import TrainTeacherConfig
 
 
 def split_contexts(pool: list, heldout: list | None, config: TrainTeacherConfig, key) -> tuple[list[list], list]:

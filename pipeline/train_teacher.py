@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.config import TrainTeacherConfig
+from pipeline.settings import TrainTeacherConfig
 from pipeline.documents import load_documents, load_questions
 from core.errors import UserError
 from core.models import check_model_reference
@@ -38,12 +38,7 @@ def prepare(config: TrainTeacherConfig):
     check_ranges(config)
     check_model_reference(config.teacher.model.path, "teacher")
     check_model_reference(config.student.model.path, "student")
-    if config.rounds < 0:
-        raise UserError("rounds must be >= 0")
-    re = config.rest_em
-    if re.seeds_per_edit < 1 or config.teacher.generation.num_samples < 1 or re.heldout_samples < 1:
-        raise UserError("rest_em.seeds_per_edit, rest_em.heldout_samples and teacher.generation.num_samples must be >= 1")
-    if re.student_follows_teacher and config.teacher.model.path != config.student.model.path:
+    if config.rest_em.student_follows_teacher and config.teacher.model.path != config.student.model.path:
         raise UserError("rest_em.student_follows_teacher needs the same model as teacher and student")
     if config.m_step.deepspeed:
         from teacher.sft import check_deepspeed_config

@@ -3,9 +3,9 @@ after refusing any pair whose passage the run evaluates (teacher/warm_start.py r
 
 from __future__ import annotations
 
-from core.config import TrainTeacherConfig
 from core.errors import UserError
 from pipeline.documents import Document, load_documents
+from pipeline.settings import TrainTeacherConfig
 from teacher.warm_start import check_no_leak, normalise, read_pairs
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from core.config import AdaptConfig, SelfEditSettings, load_config
+from core.config import SelfEditSettings, load_config
 from core.seeds import context_seed
 from pipeline import absorb, adapt
 from pipeline.cli import main
+from pipeline.settings import AdaptConfig
 
 DOCS = [
     {"id": "bridge", "title": "Velmora", "text": "Velmora is a river town with a stone bridge. The bridge was built "

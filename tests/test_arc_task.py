@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.config import AdaptConfig, ArcSettings, GenerationSettings, LoraSettings, ModelSettings, TrainSettings
-from core.config import TrainTeacherConfig
+from core.config import GenerationSettings, LoraSettings, ModelSettings, TrainSettings
 from core.errors import UserError
+from pipeline.settings import AdaptConfig, ArcSettings
+from pipeline.settings import TrainTeacherConfig
 from pipeline.tasks.arc.data import ArcExample, ArcTask, load_tasks
 from pipeline.tasks.arc.recipe import FIELDS
 from pipeline.tasks.arc.render import IGNORE_INDEX, grid_to_text, predict_messages, prompt_text, text_to_grid

@@ -107,7 +107,7 @@ import structure  # noqa: E402
 # Each entry is a debt with its reason; the list only shrinks. A module here may not grow past its recorded size.
 LONG_MODULES = {
     "student/engine.py": (660, "one class over the model, its adapter, training loops and generation"),
-    "core/config.py": (640, "the loader and every setting until the command configs move beside their workflows"),
+    "core/config.py": (440, "the typed loader and the settings blocks both roles share"),
     "pipeline/cli.py": (580, "one thin Typer function per command; their options are the length"),
     "pipeline/rest_em.py": (520, "the ReST-EM class: methods named for the algorithm, each short"),
     "pipeline/rewards.py": (430, "the reward evaluators, one small class each"),

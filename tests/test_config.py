@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from core.config import AdaptConfig, CONFIGS, dump_yaml, load_config, parse_override
+from core.config import dump_yaml, load_config, parse_override
 from core.errors import UserError
+from pipeline.commands import CONFIGS
+from pipeline.settings import AdaptConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every shipped YAML must be listed here with the command it configures: a new file without a test fails.
@@ -34,6 +36,14 @@ def test_shipped_config_loads_and_roundtrips(name, tmp_path):
     again = tmp_path / "again.yaml"
     again.write_text(dump_yaml(cfg))
     assert load_config(cls, again) == cfg
+
+
+def test_the_demo_settings_load_and_are_in_range():
+    """`seal-tt demo`'s settings ship as pipeline/data/demo.yaml (package data), validated like configs/."""
+    from core.config import check_ranges
+    from pipeline.demo import DEMO_YAML
+
+    check_ranges(load_config(CONFIGS["train-teacher"], DEMO_YAML))
 
 
 def test_paper_inner_loop_settings():

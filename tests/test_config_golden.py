@@ -57,7 +57,8 @@ def _check(name: str, text: str) -> None:
 
 def _resolve(command: str, config: str | None):
     """The command's config as its CLI builds it (defaults <- YAML file <- no flags)."""
-    from core.config import CONFIGS, load_config
+    from core.config import load_config
+    from pipeline.commands import CONFIGS
 
     return load_config(CONFIGS[command], REPO / config if config else None, {})
 
@@ -116,7 +117,8 @@ def test_the_demo_config_is_unchanged(tmp_path):
 # ------------------------------------------------------------------------------ run folders of the earlier version
 def _adapt_student(output: Path):
     # seal-tt adapt-student --docs docs.txt --teacher teacher --student student --output OUTPUT
-    from core.config import CONFIGS, load_config
+    from core.config import load_config
+    from pipeline.commands import CONFIGS
 
     return load_config(CONFIGS["adapt-student"], None, {
         "docs": ["docs.txt"], "teacher": {"model": {"path": "teacher"}}, "student": {"model": {"path": "student"}},
@@ -125,7 +127,8 @@ def _adapt_student(output: Path):
 
 def _train_teacher(output: Path):
     # seal-tt train-teacher --config configs/knowledge_squad.yaml --teacher teacher --student student --output OUTPUT
-    from core.config import CONFIGS, load_config
+    from core.config import load_config
+    from pipeline.commands import CONFIGS
 
     return load_config(CONFIGS["train-teacher"], REPO / "configs/knowledge_squad.yaml", {
         "teacher": {"model": {"path": "teacher"}}, "student": {"model": {"path": "student"}}, "output": str(output)})
@@ -158,7 +161,8 @@ def test_a_run_folder_of_the_earlier_version_resumes_without_force(command, tmp_
 
 def test_a_store_of_the_earlier_version_accepts_an_update_without_new_settings():
     """An update names only the store, the folder and the teacher: the store's own settings fill in the rest."""
-    from core.config import CONFIGS, load_config
+    from core.config import load_config
+    from pipeline.commands import CONFIGS
     from pipeline.store.layout import Store
     from pipeline.store.update import _check_fixed, with_store_settings
 

@@ -94,7 +94,8 @@ def test_answer_rank_is_a_reward_of_the_knowledge_task(engine):
 
 
 def test_the_metric_is_a_config_choice():
-    from core.config import AdaptConfig, load_config
+    from core.config import load_config
+    from pipeline.settings import AdaptConfig
 
     cfg = load_config(AdaptConfig, None, ["student.eval.metric=answer_margin"])
     assert cfg.student.eval.metric == "answer_margin"

@@ -258,7 +258,8 @@ class FailsOn:
 
 
 def test_rest_em_records_failed_items_goes_on_and_ends_naming_them(tiny_models, squad_file, tmp_path):
-    from core.config import TrainTeacherConfig, load_config
+    from core.config import load_config
+    from pipeline.settings import TrainTeacherConfig
     from core.errors import ItemsFailed
     from pipeline.rest_em import RestEM
     from pipeline.train_teacher import prepare

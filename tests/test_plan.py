@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from core.config import AdaptConfig, load_config
+from core.config import load_config
 from core.errors import UserError
 from pipeline.documents import Document
 from pipeline.plan import fit_sequences, plan_adaptation
+from pipeline.settings import AdaptConfig
 
 
 def _config(tiny_models, **over):

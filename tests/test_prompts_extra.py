@@ -4,9 +4,10 @@ import dataclasses
 
 import pytest
 
-from core.config import AdaptConfig, SelfEditSettings, load_config
+from core.config import SelfEditSettings, load_config
 from core.errors import UserError
 from pipeline.documents import Document
+from pipeline.settings import AdaptConfig
 from pipeline.tasks.knowledge import KnowledgeTask, split_self_edit, split_self_edit_report, training_texts
 from teacher.prompts import TEMPLATES, load_template, render
 

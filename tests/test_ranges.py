@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import AdaptConfig, TrainTeacherConfig, check_ranges, load_config
+from core.config import check_ranges, load_config
 from core.errors import UserError
+from pipeline.settings import AdaptConfig, TrainTeacherConfig
 
 
 @pytest.mark.parametrize("cls, override, key", [

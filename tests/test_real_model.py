@@ -158,7 +158,8 @@ def test_fetch_model_prints_only_the_folder_on_stdout(smollm2_gguf):
 
 def test_the_real_teacher_writes_probe_questions_grounded_in_the_passage(smollm2_engine):
     """A store's teacher-written probes on SmolLM2: its answers are spans of the passage, not the prompt's example."""
-    from core.config import GenerationSettings, ProbeSettings
+    from core.config import GenerationSettings
+    from pipeline.store.config import ProbeSettings
     from pipeline.documents import load_documents
     from pipeline.demo import sample_docs
     from pipeline.store.probes import teacher_probes

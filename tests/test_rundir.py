@@ -34,7 +34,8 @@ def test_complete_groups_of_a_missing_file_is_empty_and_writes_nothing(tmp_path)
 def test_a_run_made_before_a_setting_existed_resumes_while_the_setting_is_at_its_default(tmp_path):
     import yaml
 
-    from core.config import AdaptConfig, dump_yaml, load_config
+    from core.config import dump_yaml, load_config
+    from pipeline.settings import AdaptConfig
     from core.errors import UserError
     from core.rundir import CONFIG_NAME, RunDir
 

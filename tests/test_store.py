@@ -346,7 +346,8 @@ def asker_doc(store: Path, key: str) -> str:
 
 # ------------------------------------------------------------------------------ the gate on the world's student
 def test_the_gate_rejects_a_document_that_contradicts_what_the_store_knows(default_world, tmp_path):
-    from core.config import StoreConfig, _deep_merge, load_config
+    from core.config import _deep_merge, load_config
+    from pipeline.store.config import StoreConfig
     from pipeline.continual import world_base_settings, world_stream
     from pipeline.store.update import update_store
 

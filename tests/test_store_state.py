@@ -108,7 +108,7 @@ def test_a_store_of_the_earlier_version_opens_and_its_state_is_written_back_unch
 
 
 def test_what_each_strategy_trains_and_what_a_changed_document_does():
-    from core.config import ReplaySettings
+    from pipeline.store.config import ReplaySettings
     from pipeline.store.state import Version
     from pipeline.store.strategies import STRATEGIES, strategy_named
 

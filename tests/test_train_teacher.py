@@ -134,7 +134,8 @@ def test_kill_during_e_step_then_resume_equals_uninterrupted(tiny_models, squad_
 
 
 def test_paper_preset_validates_and_runs_scaled_down(tiny_models, squad_file, tmp_path, capsys):
-    from core.config import TrainTeacherConfig, load_config
+    from core.config import load_config
+    from pipeline.settings import TrainTeacherConfig
 
     cfg = load_config(TrainTeacherConfig, ROOT / "configs/knowledge_squad.yaml")
     assert (cfg.data.contexts_per_round, cfg.teacher.generation.num_samples, cfg.rest_em.seeds_per_edit,

@@ -62,7 +62,8 @@ def _args(tiny_models, data, out, *extra):
 
 # ----------------------------------------------------------------------------------------- (a) parsing
 def test_both_file_kinds_parse_and_render_with_the_runs_template(data, tmp_path):
-    from core.config import TrainTeacherConfig, load_config
+    from core.config import load_config
+    from pipeline.settings import TrainTeacherConfig
     from pipeline.documents import Document
     from pipeline.tasks.knowledge import KnowledgeTask, teacher_prompt
     from pipeline.warm_start import warm_start_pairs
@@ -180,7 +181,8 @@ def _sample(cfg, adapter, records):
 
 
 def test_warm_start_trains_first_is_evaluated_at_round_0_and_resumes(tiny_models, data, tmp_path, capsys):
-    from core.config import TrainTeacherConfig, load_config
+    from core.config import load_config
+    from pipeline.settings import TrainTeacherConfig
     from pipeline.tasks.knowledge import teacher_prompt
     from pipeline.documents import Document
     from teacher.prompts import load_template

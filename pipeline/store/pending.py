@@ -18,15 +18,15 @@ import shutil
 from contextlib import ExitStack
 from pathlib import Path
 
-from core.config import StoreConfig, to_dict
+from core.config import to_dict
 from core.errors import UserError
 from core.progress import say
 from core.rundir import append_jsonl, atomic_write_text, complete_groups, read_jsonl
 from core.seeds import context_seed
 from pipeline.documents import Document, Question, load_documents
+from pipeline.store.config import StoreConfig
 from pipeline.store.plan import UpdatePlan
 from pipeline.store.probes import teacher_probes
-from pipeline.store.settings import adapt_view
 from pipeline.store.state import PendingJob, describe_writer
 
 EDITS = "edits.jsonl"
@@ -128,7 +128,6 @@ def _say_resumed(number: int, old: PendingJob, job: PendingJob, kept: set[str]) 
 def write_inputs(config: StoreConfig, docs: list[Document], pending: Path, progress: bool):
     """The self-edit records, the adapt-student plan of passages, and each document's probes; the teacher (when
     one is needed) is loaded once for both and freed before the student loads."""
-    acfg = adapt_view(config, pending)
     with ExitStack() as stack:
         opened: list = []
 
@@ -136,17 +135,21 @@ def write_inputs(config: StoreConfig, docs: list[Document], pending: Path, progr
             if not opened:
                 from pipeline.sampling import teacher_backend
 
-                opened.append(stack.enter_context(teacher_backend(config)))
+                opened.append(stack.enter_context(teacher_backend(config.teacher)))
             return opened[0]
 
-        records, text_plan = self_edits(config, acfg, docs, pending, progress, teacher)
+        records, text_plan = self_edits(config, docs, pending, progress, teacher)
         probes = write_probes(config, docs, pending, teacher)
-    return acfg, records, text_plan, probes
+    return records, text_plan, probes
 
 
-def self_edits(config: StoreConfig, acfg, docs: list[Document], pending: Path, progress: bool, teacher):
-    from pipeline.adapt import write_given_edits, write_self_edits
-    from pipeline.plan import plan_adaptation
+def self_edits(config: StoreConfig, docs: list[Document], pending: Path, progress: bool, teacher):
+    from pipeline.plan import plan_passages
+    from pipeline.self_edits import write_given_edits, write_self_edits
+
+    def plan(with_teacher: bool):
+        return plan_passages(docs, student=config.student, teacher=config.teacher, self_edit=config.self_edit,
+                             passages=config.passages, with_teacher=with_teacher, say=say)
 
     if config.edits.file:
         from pipeline.edits import is_paper_json, load_jsonl_edits
@@ -159,13 +162,15 @@ def self_edits(config: StoreConfig, acfg, docs: list[Document], pending: Path, p
         everything = load_documents(config.docs)
         given = load_jsonl_edits(config.edits.file, docs, start=config.edits.start, count=config.edits.count,
                                  others=everything, skip_unknown=True)
-        text_plan = plan_adaptation(acfg, docs, with_teacher=False, say=say)
-        return write_given_edits(acfg, docs, given, pending / EDITS), text_plan
+        text_plan = plan(False)
+        return write_given_edits(docs, given, pending / EDITS, self_edit=config.self_edit,
+                                 edits=config.edits), text_plan
     from core.models import check_model_reference
 
     check_model_reference(config.teacher.model.path, "teacher", allow_adapter=True)
-    text_plan = plan_adaptation(acfg, docs, with_teacher=True, say=say)
-    return write_self_edits(acfg, docs, pending / EDITS, progress=progress, plan=text_plan, teacher=teacher), text_plan
+    text_plan = plan(True)
+    return write_self_edits(docs, pending / EDITS, teacher=config.teacher, self_edit=config.self_edit,
+                            seed=config.seed, plan=text_plan, open_teacher=teacher, progress=progress), text_plan
 
 
 def write_probes(config: StoreConfig, docs: list[Document], pending: Path, teacher) -> dict[str, list[Question]]:

@@ -6,10 +6,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from core.config import StoreConfig
 from core.errors import UserError
 from core.progress import say
 from pipeline.documents import Document, load_documents, load_questions
+from pipeline.store.config import StoreConfig
 from pipeline.store.state import StoreState
 
 

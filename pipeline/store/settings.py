@@ -1,13 +1,13 @@
-"""A store's settings: those fixed when it is created (kept in `store.json`), how a scheduled update inherits them,
-and the adapt-student view its self-edits are written with."""
+"""A store's settings: those fixed when it is created (kept in `store.json`), and how a scheduled update inherits
+them."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from core.config import STORE_FIXED, AdaptConfig, StoreConfig, to_dict
+from core.config import to_dict
 from core.errors import UserError
+from pipeline.store.config import STORE_FIXED, StoreConfig
 
 
 def fixed_settings(config: StoreConfig) -> dict:
@@ -48,9 +48,3 @@ def check_fixed(store, manifest, config: StoreConfig) -> None:
         raise UserError(f"store {store.path} was created with {k}={json.dumps(fixed[k])}, this update asks for "
                         f"{json.dumps(now_.get(k))}; a store keeps one student and one strategy (use another --store)")
 
-
-def adapt_view(config: StoreConfig, pending: Path) -> AdaptConfig:
-    """The adapt-student settings an update's self-edits are written with (same teacher path, same splitting)."""
-    return AdaptConfig(docs=list(config.docs), output=str(pending), mode="joint", seed=config.seed,
-                       teacher=config.teacher, student=config.student, self_edit=config.self_edit,
-                       edits=config.edits, passages=config.passages)

@@ -25,20 +25,21 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from core.config import StoreConfig, check_ranges
+from core.config import check_ranges
 from core.errors import UserError
 from core.progress import say
 from core.rundir import atomic_write_json, atomic_write_text
 from core.seeds import context_seed
 from pipeline.documents import Question
 from pipeline.store import scores
+from pipeline.store.config import StoreConfig
 from pipeline.store.layout import Store, StoreBusy, now
 from pipeline.store.metrics import kl_bits_per_token, store_metrics
 from pipeline.store.pending import EDITS, open_pending, probe_writer, self_edit_writer, write_inputs
 from pipeline.store.plan import UpdatePlan, content_hash, plan_update, say_plan, version_key
 from pipeline.store.probes import sample_earlier
 from pipeline.store.report import update_markdown
-from pipeline.store.settings import adapt_view, check_fixed, fixed_settings, with_store_settings
+from pipeline.store.settings import check_fixed, fixed_settings, with_store_settings
 from pipeline.store.state import (DocumentHistory, MatrixRow, Rejection, StoreState, StoredDocument, UpdateEntry,
                                   Version)
 from pipeline.store.strategies import strategy_named
@@ -46,7 +47,7 @@ from pipeline.store.student import routing_text
 
 # Names other modules and tests import from here.
 __all__ = ["update_store", "update_markdown", "store_metrics", "plan_update", "content_hash", "version_key",
-           "fixed_settings", "with_store_settings", "adapt_view", "StoreUpdate"]
+           "fixed_settings", "with_store_settings", "StoreUpdate"]
 _check_fixed = check_fixed
 
 
@@ -140,12 +141,15 @@ class StoreUpdate:
 
     # -------------------------------------------------------------------------------------- 2. self-edits
     def write_self_edits(self) -> None:
-        from pipeline.adapt import training_texts_by_document
+        from pipeline.self_edits import training_sequences
 
+        config = self.config
         with self.timed("teacher_seconds"):
-            acfg, self.records, text_plan, self.probes = write_inputs(self.config, self.docs, self.store.pending,
-                                                                      self.progress)
-        self.texts_by_doc, self.split = training_texts_by_document(acfg, self.docs, self.records, text_plan)
+            self.records, text_plan, self.probes = write_inputs(config, self.docs, self.store.pending, self.progress)
+        t = training_sequences(self.docs, self.records, text_plan, self_edit=config.self_edit,
+                               max_length=config.student.train.max_length,
+                               num_samples=config.teacher.generation.num_samples, edits_file=config.edits.file)
+        self.texts_by_doc, self.split = t.texts, t.split
 
     # ------------------------------------------------------------------------------------------- 3. train
     def train(self) -> None:

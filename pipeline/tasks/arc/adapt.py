@@ -17,13 +17,12 @@ Output folder:
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
 
-from core.seeds import context_seed
-from pipeline.sampling import shares_model, teacher_backend
-from core.config import AdaptConfig, TeacherSettings
+from core.config import TeacherSettings
 from core.errors import UserError
 from core.models import check_model_reference, load_tokenizer
 from core.progress import progress_bar
@@ -36,7 +35,10 @@ from core.rundir import (
     read_jsonl,
     repair_jsonl,
 )
+from core.seeds import context_seed
 from pipeline.runfolder import open_run
+from pipeline.sampling import shares_model, teacher_backend
+from pipeline.settings import AdaptConfig
 
 from .data import ArcTask, make_submission, write_submission
 from .task import ArcFewShotTask, load_contexts
@@ -94,8 +96,9 @@ def _run(config: AdaptConfig, tasks: list[ArcTask], run: RunDir, progress: bool)
     arc.check_tokenizer(tasks[0])
 
     t0 = time.perf_counter()
+    redone: list[str] = []
     edits = write_recipes(arc, tasks, run / EDITS, teacher=config.teacher, seed=config.seed, engine=engine,
-                          progress=progress)
+                          progress=progress, redone=redone)
     timings["teacher_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -106,6 +109,9 @@ def _run(config: AdaptConfig, tasks: list[ArcTask], run: RunDir, progress: bool)
     # A torn last line (a kill mid-append) is dropped, so the next record does not glue onto it.
     repair_jsonl(run / RESULTS)
     done = {r["task"]: r for r in read_jsonl(run / RESULTS)}
+    if redone and any(t in done for t in redone):  # a task whose recipes were drawn again is adapted again
+        done = {t: r for t, r in done.items() if t not in redone}
+        atomic_write_text(run / RESULTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values()))
     todo = [t for t in tasks if t.id not in done]
     t0 = time.perf_counter()
     names = _adapter_names(tasks)
@@ -126,13 +132,25 @@ def _run(config: AdaptConfig, tasks: list[ArcTask], run: RunDir, progress: bool)
 
 
 def write_recipes(arc: ArcFewShotTask, tasks: list[ArcTask], path: Path, *, teacher: TeacherSettings, seed: int,
-                  engine=None, progress: bool = True) -> dict[str, list[dict]]:
+                  engine=None, progress: bool = True, redone: list | None = None) -> dict[str, list[dict]]:
     """k recipes per task (unparseable drafts redrawn a bounded number of times), each prepared and recorded.
 
-    One task's lines are appended together once its samples are drawn; a task cut short by a kill is redrawn.
+    One task's lines are appended together once its samples are drawn; a task cut short by a kill is redrawn, and
+    so is one whose stamp (`pipeline.stamps`) no longer matches its data and teacher (its id added to `redone`).
     """
+    from pipeline import stamps
+
     k = teacher.generation.num_samples
-    done = complete_groups(path, "task", k)
+    made_by = stamps.model_id(teacher.model.path)
+    expected = {t.id: stamps.stamp(repr((t.train, t.test_inputs)), arc.prompt(t), made_by) for t in tasks}
+    # A task whose data or prompt changed, or drawn by another teacher, is drawn again; records from before stamps
+    # are kept (and stamped) if the run recorded the current teacher.
+    same_teacher = stamps.recorded_model_agrees(Path(path).parent, "teacher", made_by)
+    groups = complete_groups(path, "task", k)
+    done = stamps.resume(path, groups, expected, what="recipes", unit="tasks",
+                         legacy=lambda key, recs: same_teacher)
+    if redone is not None:
+        redone.extend(t for t in groups if t not in done)
     todo = [t for t in tasks if t.id not in done]
     if not todo:
         return done
@@ -150,7 +168,7 @@ def write_recipes(arc: ArcFewShotTask, tasks: list[ArcTask], path: Path, *, teac
                     "task": task.id, "sample": i, "seed": sample_seed, "self_edit": s.text, "num_tokens": s.num_tokens,
                     "finished": s.finished, "attempts": s.attempts, "rejected": s.rejected,
                     "valid": prepared.valid, "reason": prepared.reason, "info": prepared.info,
-                    "seconds": round(seconds, 3),
+                    "seconds": round(seconds, 3), stamps.KEY: expected[task.id],
                 })
             for line in lines:
                 append_jsonl(path, line)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core.config import ArcSettings, TrainTeacherConfig
 from core.errors import UserError
+from pipeline.settings import ArcSettings, TrainTeacherConfig
 
 from .task import ArcFewShotTask, load_contexts
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
-from core.seeds import context_seed
-from core.config import ArcSettings, GenerationSettings, TrainSettings
+from core.config import GenerationSettings, TrainSettings
 from core.errors import UserError
+from core.seeds import context_seed
+from pipeline.settings import ArcSettings
 from pipeline.tasks.base import Prepared
 from student.data import TrainExample
 
