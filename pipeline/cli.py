@@ -183,7 +183,7 @@ def train_teacher_cmd(
     typer.echo(f"output: {cfg.output}")
     from pipeline.rest_em import final_teacher
 
-    typer.echo(f"trained teacher (pass as --teacher to adapt-student): {final_teacher(cfg)}")
+    typer.echo(f"trained teacher (pass as --teacher to adapt-student): {final_teacher(cfg.output, cfg.rounds, cfg.teacher.model.path)}")
 
 
 @app.command("demo")

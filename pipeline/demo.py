@@ -114,7 +114,7 @@ def run_demo(wm, output: str | Path, *, seed: int, overrides: list[str] | None =
     metrics = train_teacher(config, progress=progress, force=force)
     out = Path(config.output)
     raw = _raw_document_scores(config, out, progress)
-    report = _world_report(config, metrics, raw, out, seed, wm, describe)
+    report = _world_report(metrics, raw, out, seed, wm, describe)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "demo.md", demo_table(report))
     _plot([report], out / "demo.png")
@@ -158,7 +158,7 @@ def _ratio_ci(num: list[float], den: list[float], resamples: int = 2000) -> dict
     return ratio_bootstrap(num, den, resamples=resamples, seed=0, undefined="inf")
 
 
-def _world_report(config, metrics, raw, out: Path, seed: int, wm, describe=None) -> dict:
+def _world_report(metrics, raw, out: Path, seed: int, wm, describe=None) -> dict:
     """Every figure is a mean over held-out people (each person's self-edit samples averaged first), so the
     intervals are over people, the unit the world draws independently."""
     from core.rundir import read_jsonl

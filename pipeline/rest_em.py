@@ -419,10 +419,10 @@ class RestEM:
         return {**stats, "failed": missing} if missing else stats
 
 
-def final_teacher(config: TrainTeacherConfig) -> str:
-    """The last trained teacher of a run: a merged model folder or a LoRA adapter folder (both load as --teacher)."""
-    out = Path(config.output)
-    for r in range(config.rounds, 0, -1):
+def final_teacher(output: str | Path, rounds: int, base: str) -> str:
+    """The run's last trained teacher (a merged folder or a LoRA adapter: both load as --teacher), else `base`."""
+    out = Path(output)
+    for r in range(rounds, 0, -1):
         marker = out / f"round_{r}" / "m_step.json"
         if marker.exists():
             info = _read_m_step(marker, out)
@@ -431,7 +431,7 @@ def final_teacher(config: TrainTeacherConfig) -> str:
     if marker.exists():
         info = _read_m_step(marker, out)
         return info["teacher_adapter"] or info["teacher_model"]
-    return config.teacher.model.path
+    return base
 
 
 # A round's teacher usually lives inside the run folder. m_step.json records such paths relative to the run as

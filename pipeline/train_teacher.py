@@ -27,7 +27,7 @@ def _knowledge_setup(config: TrainTeacherConfig):
 
     pool = with_questions(config.data.docs)
     heldout = with_questions(config.data.heldout_docs) if config.data.heldout_docs else None
-    rounds, heldout = split_contexts(pool, heldout, config, key=lambda d: d.id)
+    rounds, heldout = split_contexts(pool, heldout, config.data, config.rounds, key=lambda d: d.id)
     task = KnowledgeTask(config.self_edit, config.student.train, config.student.eval)
     return task, rounds, heldout
 

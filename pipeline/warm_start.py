@@ -9,13 +9,13 @@ from pipeline.settings import TrainTeacherConfig
 from teacher.warm_start import check_no_leak, normalise, read_pairs
 
 
-def evaluated_passages(config: TrainTeacherConfig, heldout: list) -> dict[str, str]:
+def evaluated_passages(heldout: list, heldout_docs: list[str], exclude: list[str]) -> dict[str, str]:
     """Normalised passage -> where it is evaluated: the run's held-out contexts, every document of
     data.heldout_docs (not only those the run keeps) and of warm_start.exclude."""
     out: dict[str, str] = {}
     for doc in heldout:
         out.setdefault(normalise(doc.text), f"held-out context {doc.id!r}")
-    for what, paths in (("data.heldout_docs", config.data.heldout_docs), ("warm_start.exclude", config.warm_start.exclude)):
+    for what, paths in (("data.heldout_docs", heldout_docs), ("warm_start.exclude", exclude)):
         for path in paths:
             for doc in load_documents(path):
                 out.setdefault(normalise(doc.text), f"in {what} {path}")
@@ -31,7 +31,7 @@ def warm_start_pairs(config: TrainTeacherConfig, task, heldout: list) -> list[di
     if config.task != "knowledge":
         raise UserError("warm_start.files: a warm start trains on passages; it works with task knowledge only")
     pairs = read_pairs(ws.files, completions_per_passage=ws.completions_per_passage)
-    check_no_leak(pairs, evaluated_passages(config, heldout))
+    check_no_leak(pairs, evaluated_passages(heldout, config.data.heldout_docs, config.warm_start.exclude))
     if ws.limit is not None:
         pairs = pairs[: ws.limit]
     return [{"source": p.where, "title": p.title,

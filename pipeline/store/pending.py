@@ -18,7 +18,7 @@ import shutil
 from contextlib import ExitStack
 from pathlib import Path
 
-from core.config import to_dict
+from core.config import ModelSettings, to_dict
 from core.errors import UserError
 from core.progress import say
 from core.rundir import append_jsonl, atomic_write_text, complete_groups, read_jsonl
@@ -37,10 +37,10 @@ def _digest(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _teacher(config: StoreConfig) -> dict:
+def _teacher(model: ModelSettings) -> dict:
     from core.provenance import model_identity
 
-    identity = model_identity(config.teacher.model.path)
+    identity = model_identity(model.path)
     return {"teacher": identity.pop("path"), **identity}
 
 
@@ -59,7 +59,7 @@ def self_edit_writer(config: StoreConfig) -> dict:
     from core.models import check_model_reference
 
     check_model_reference(config.teacher.model.path, "teacher", allow_adapter=True)
-    return {**_teacher(config), "settings": _digest({**shaping, "backend": config.teacher.backend,
+    return {**_teacher(config.teacher.model), "settings": _digest({**shaping, "backend": config.teacher.backend,
                                                      "generation": to_dict(config.teacher.generation)})}
 
 
@@ -67,7 +67,7 @@ def probe_writer(config: StoreConfig) -> dict | None:
     """The teacher that writes probes for documents without questions (None: none is written)."""
     if not (config.probes.teacher_questions and config.teacher.model.path):
         return None
-    return {**_teacher(config), "settings": _digest({"probes": to_dict(config.probes), "seed": config.seed,
+    return {**_teacher(config.teacher.model), "settings": _digest({"probes": to_dict(config.probes), "seed": config.seed,
                                                      "generation": to_dict(config.teacher.generation),
                                                      "backend": config.teacher.backend})}
 

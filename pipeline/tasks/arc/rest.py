@@ -28,7 +28,7 @@ def arc_setup(config: TrainTeacherConfig):
         raise UserError("arc.heldout_solutions is set but arc.heldout_challenges is not")
     # Checked before the tokenizer loads: a bad setting should not wait for a model download.
     ArcFewShotTask(None, arc, config.student.train, seed=config.seed)
-    rounds, heldout = split_contexts(pool, heldout, config, key=lambda t: t.id)
+    rounds, heldout = split_contexts(pool, heldout, config.data, config.rounds, key=lambda t: t.id)
     tokenizer = load_tokenizer(config.student.model.path, trust_remote_code=config.student.model.trust_remote_code)
     task = ArcFewShotTask.from_config(config, tokenizer)
     task.check_tokenizer(pool[0])
