@@ -178,3 +178,18 @@ def test_a_store_of_the_earlier_version_accepts_an_update_without_new_settings()
         "store": str(store.path), "docs": ["docs"], "teacher": {"model": {"path": "teacher"}}}), manifest["settings"])
     _check_fixed(store, manifest, config)  # raises a UserError when the store would refuse the update
     assert config.strategy == "replay" and config.student.lora.r == 16
+
+
+@pytest.mark.parametrize("command", ["adapt-student", "train-teacher"])
+def test_a_run_folder_of_9553463_resumes_without_force(command, tmp_path):
+    """tests/fixtures/run_v0 was written by 9553463's own code (before the answer, distillation and executor keys):
+    the keys added since sit at their defaults, so the run resumes and its config file gains them."""
+    from core.rundir import CONFIG_NAME, RunDir
+
+    run = tmp_path / command
+    shutil.copytree(FIXTURES.parent / "run_v0" / command, run)
+    old = (run / CONFIG_NAME).read_text(encoding="utf-8")
+    assert "answer_until" not in old and "ping_timeout_s" not in old
+    assert RunDir(run).start(RESUMES[command](run), force=False) is True
+    new = (run / CONFIG_NAME).read_text(encoding="utf-8")
+    assert "answer_until: auto" in new and "ping_timeout_s: 60.0" in new
