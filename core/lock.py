@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from core.errors import UserError
 
 LOCK_NAME = ".lock"
+POLL_SECONDS = 0.5
 
 
 class FolderBusy(UserError):
@@ -34,14 +36,24 @@ def folder_lock(path: str | Path, *, wait: bool = False, busy: str = "{path} is 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     with open(path / LOCK_NAME, "a+", encoding="utf-8") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except OSError as err:
-            if err.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
+        told = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
             f.seek(0)
             holder = f.read().strip() or "another process"
-            raise error(busy.format(path=path, holder=holder)) from None
+            if not wait:
+                raise error(busy.format(path=path, holder=holder)) from None
+            if not told:
+                print(f"waiting: {busy.format(path=path, holder=holder)}", file=sys.stderr, flush=True)
+                told = True
+            # Polled, not a blocking flock: Ctrl-C may land on another thread (torch's, a tokenizer's), which would
+            # leave a blocking call in the main thread waiting for the holder; a sleep wakes to see it.
+            time.sleep(POLL_SECONDS)
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} since {_now()}")

@@ -134,11 +134,11 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(tiny_models, data, tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli",
                                  *map(str, _adapt_args(tiny_models, data, out, "--wait"))],
                                 cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-        time.sleep(8)  # past the imports, into the wait
-        assert proc.poll() is None
+        first = proc.stderr.readline()  # said once the run waits for the holder, however long the imports took
+        assert first.startswith("waiting: ") and f"pid {holder.pid} since " in first, first
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 130, err
+        assert proc.returncode == 130, first + err
         assert "interrupted: rerun the same command" in err
     finally:
         holder.kill()
