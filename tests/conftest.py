@@ -82,10 +82,15 @@ _GROUP_BY_FILE = {
 
 
 def pytest_collection_modifyitems(config, items):
+    world = set()
     for item in items:
         if "default_world" in getattr(item, "fixturenames", ()):
             group = "world"
+            world.add(item.nodeid)
         else:
             group = _GROUP_BY_FILE.get(item.path.name)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+    # The world's group is the longest chain (its build, then the demo and the store's world tests): started first,
+    # it runs beside everything else instead of after it.
+    items.sort(key=lambda item: item.nodeid not in world)

@@ -133,7 +133,10 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(tiny_models, data, tmp_path):
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli",
                                  *map(str, _adapt_args(tiny_models, data, out, "--wait"))],
-                                cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+                                cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+                                # A shell's background job (CI, nohup) hands its children SIGINT ignored; a user's
+                                # terminal does not: give the child the default, as a terminal would.
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         first = proc.stderr.readline()  # said once the run waits for the holder, however long the imports took
         assert first.startswith("waiting: ") and f"pid {holder.pid} since " in first, first
         proc.send_signal(signal.SIGINT)
