@@ -13,7 +13,7 @@ from pipeline.documents import Document
 from pipeline.passages import PassagePlan
 from pipeline.plan import MARGIN, AdaptPlan
 from pipeline.self_edits import training_sequences
-from tests.test_adapt_executor import DOCS, _completion
+from tests.test_adapt_executor import DOCS, data  # noqa: F401  (data: the documents and given self-edits, a fixture)
 from tests.test_cli_adapt import run_cli
 
 
@@ -41,14 +41,6 @@ def test_each_training_sequence_keeps_the_passage_it_was_written_for_through_eve
     assert got.texts["b"] == ["z", b.text] and got.contexts["b"] == [b.text, b.text]
     texts, contexts = got.joined([a, b])
     assert texts == got.texts["a"] + got.texts["b"] and contexts == got.contexts["a"] + got.contexts["b"]
-
-
-@pytest.fixture
-def data(tmp_path):
-    docs, edits = tmp_path / "docs.jsonl", tmp_path / "edits.jsonl"
-    docs.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    edits.write_text("".join(json.dumps({"document": d["id"], "completion": _completion(d)}) + "\n" for d in DOCS))
-    return docs, edits
 
 
 def _args(tiny_models, data, out, *extra):

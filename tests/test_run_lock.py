@@ -18,20 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_adapt_executor import DOCS, _completion
+from tests.test_adapt_executor import DOCS, data  # noqa: F401  (data: the documents and given self-edits, a fixture)
 from tests.test_cli_adapt import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--set", "student.train.epochs=1", "--set", "student.eval.max_new_tokens=4", "--set", "student.lora.r=4",
         "--set", "student.lora.alpha=8", "--set", "student.eval.use_chat_template=never"]
-
-
-@pytest.fixture
-def data(tmp_path):
-    docs, edits = tmp_path / "docs.jsonl", tmp_path / "edits.jsonl"
-    docs.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    edits.write_text("".join(json.dumps({"document": d["id"], "completion": _completion(d)}) + "\n" for d in DOCS))
-    return docs, edits
 
 
 def _adapt_args(tiny_models, data, out, *extra):
