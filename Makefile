@@ -35,12 +35,12 @@ real: setup
 lint-imports: setup
 	$(BIN)/lint-imports --no-cache
 
-# Two pytest workers, one per core (TEST_WORKERS=0 runs in this process). Tests that share something costly or
-# global stay on one worker each (tests/conftest.py: the demo's world, Ray, torchrun jobs, the real model's cache).
+# Two pytest workers, one per core (TEST_WORKERS=0 runs in this process); the demo's world is built once for both
+# (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: setup lint-imports
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest \
-	    $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
+	    $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS)) $(PYTEST_ARGS)
 
 test-fast: setup lint-imports
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not distributed" $(PYTEST_ARGS)

@@ -66,31 +66,10 @@ def default_world(tmp_path_factory):
     """
     from pipeline.world import build_world_models
 
-    cache = os.environ.get("SEAL_TT_CACHE") or tmp_path_factory.mktemp("world_cache")
-    return build_world_models(cache, seed=0)
+    cache = os.environ.get("SEAL_TT_CACHE")
+    if not cache and os.environ.get("PYTEST_XDIST_WORKER"):
+        # One folder for all of this run's pytest-xdist workers (their temp folders are siblings): the first builds
+        # the world under the build's file lock, a second waits for it and reuses it instead of building it again.
+        cache = tmp_path_factory.getbasetemp().parent / "world_cache"
+    return build_world_models(cache or tmp_path_factory.mktemp("world_cache"), seed=0)
 
-
-# With pytest-xdist (`make test` runs two workers), tests that share something costly or process-global run on one
-# worker, in order: the demo's world (built once per worker that needs it: minutes), Ray's local cluster, torchrun /
-# DeepSpeed jobs (two ranks each, gloo on localhost), and the real model's conversion cache.
-_GROUP_BY_FILE = {
-    "test_executor.py": "ray", "test_adapt_executor.py": "ray",
-    "test_deepspeed.py": "distributed", "test_m_step_deepspeed.py": "distributed",
-    "test_cli_adapt_sharded.py": "distributed",
-    "test_real_model.py": "real", "test_gguf.py": "real", "test_gguf_export.py": "real", "test_gguf_llamacpp.py": "real",
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    world = set()
-    for item in items:
-        if "default_world" in getattr(item, "fixturenames", ()):
-            group = "world"
-            world.add(item.nodeid)
-        else:
-            group = _GROUP_BY_FILE.get(item.path.name)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-    # The world's group is the longest chain (its build, then the demo and the store's world tests): started first,
-    # it runs beside everything else instead of after it.
-    items.sort(key=lambda item: item.nodeid not in world)
