@@ -128,6 +128,16 @@ def use_chat(tokenizer, mode: str) -> bool:
     return mode == "auto" and has_chat_template(tokenizer)
 
 
+def reply_until(tokenizer, use_chat_template: str = "auto", until: str = "auto") -> str:
+    """How much of a reply a student with `tokenizer` is read by under these settings: "line" or "turn" (auto: turn
+    through a chat template, else line). `StudentEngine.reply_until` for a tokenizer alone."""
+    if until == "auto":
+        return "turn" if use_chat(tokenizer, use_chat_template) else "line"
+    if until not in ("line", "turn"):
+        raise ValueError(f"until must be auto, line or turn, not {until!r}")
+    return until
+
+
 def end_of_turn_id(tokenizer) -> int | None:
     """The special token the chat template closes an assistant turn with (<|im_end|>, <|eot_id|>, ...), if any.
 

@@ -20,6 +20,11 @@ from core.lock import LOCK_NAME, FolderBusy
 
 CONFIG_NAME = "config.yaml"
 
+# Defaults changed since run folders were written: (dotted key, the old default, the new one). A run made on the old
+# default and resumed with the key at the new one keeps the value it was made with, as its records were made with it
+# (an earlier run folder resumes without --force). student.eval.metric: "auto" since benchmarks/grader_check.
+CHANGED_DEFAULTS = (("student.eval.metric", "token_f1", "auto"),)
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
@@ -212,6 +217,8 @@ class RunDir:
             import yaml
 
             old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+            if keep_changed_defaults(config, old):
+                text = dump_yaml(config)
             new = to_dict(config)
             # A run folder that was moved or copied is the same run: where it lives is not one of its settings
             # (checkpoints inside it are found relative to it).
@@ -234,6 +241,26 @@ class RunDir:
         if (self.path.exists() and not (self.path / CONFIG_NAME).exists()
                 and any(p.name not in (".work", LOCK_NAME) for p in self.path.iterdir())):
             raise UserError(f"output folder {self.path} is not empty and holds no seal-tt run; choose another --output")
+
+
+def keep_changed_defaults(config, old: dict) -> list[str]:
+    """Set back on `config` (in place) each `CHANGED_DEFAULTS` key the saved config `old` holds at its old default
+    while `config` holds the new one; returns the keys kept."""
+    kept = []
+    for dotted, was, now in CHANGED_DEFAULTS:
+        *parents, name = dotted.split(".")
+        node, saved = config, old
+        for part in parents:
+            node = getattr(node, part, None)
+            saved = saved.get(part) if isinstance(saved, dict) else None
+        if node is None or not isinstance(saved, dict) or saved.get(name) != was or getattr(node, name, None) != now:
+            continue
+        setattr(node, name, was)
+        kept.append(dotted)
+        from core.progress import say
+
+        say(f"resuming a run made with {dotted}={was} (then the default): it keeps it (the default is now {now})")
+    return kept
 
 
 def _diff(old, new, prefix="", ignore=(), defaults=None) -> list[str]:

@@ -189,7 +189,7 @@ class DocumentScorer(Scorer):
         engine = self.engine
         engine.reset(seed=seed)
         stats = engine.train_texts(texts, self.task.train, seed=seed, contexts=item.sample.get("contexts"))
-        results = knowledge.evaluate(engine, [doc], self.task.eval, self.task.grader)
+        results = knowledge.evaluate(engine, [doc], self.task.eval, self.task.grader_for(engine))
         return {"document": doc.id, "seed": seed,
                 "training": {"document": doc.id, "sequences": len(texts), **train_stats(stats)},
                 "after": [dataclasses.asdict(r) for r in results], "adapter": engine.adapter_state(),
@@ -207,10 +207,10 @@ class AbsorbTask:
         self.eval = eval_settings
         self._grader = grader
 
-    @property
-    def grader(self):
+    def grader_for(self, engine):
+        """The grader of `engine`'s answers (built once per process; metric "auto" resolved for that student)."""
         if self._grader is None:
-            self._grader = knowledge.Grader(self.eval)
+            self._grader = knowledge.Grader(self.eval, engine=engine)
         return self._grader
 
     def context_id(self, doc: Document) -> str:

@@ -203,6 +203,7 @@ class Outcome:
     open_book: list | None
     training: list[dict]
     failed: list[dict] = field(default_factory=list)
+    metric: str = ""  # the grader's metric, resolved for the student (never "auto")
 
 
 def load_and_evaluate(student: Resident, docs: list[Document], ev: EvalSettings, timings: dict):
@@ -210,7 +211,7 @@ def load_and_evaluate(student: Resident, docs: list[Document], ev: EvalSettings,
     t0 = time.perf_counter()
     engine = student.load()
     timings["student_load_seconds"] = time.perf_counter() - t0
-    grader = knowledge.Grader(ev)
+    grader = knowledge.Grader(ev, engine=engine)
     engine.reset()
     t0 = time.perf_counter()
     before = knowledge.evaluate(engine, docs, ev, grader)
@@ -241,7 +242,7 @@ def absorb_sharded_step(config: AdaptConfig, docs: list[Document], training: Tra
     write_record(run / "adapter", engine.base)  # written by the training job, which records no base
     engine.load_adapter(run / "adapter")
     after = evaluate_after(engine, docs, config.student.eval, grader, timings)
-    return Outcome(docs, before, after, open_book, [stats])
+    return Outcome(docs, before, after, open_book, [stats], metric=grader.metric)
 
 
 def absorb_joint_step(config: AdaptConfig, docs: list[Document], training: TrainingTexts, run: RunDir,
@@ -261,7 +262,7 @@ def absorb_joint_step(config: AdaptConfig, docs: list[Document], training: Train
         merge_adapter(m.path, run / "adapter", run / "merged", dtype=m.dtype, trust_remote_code=m.trust_remote_code,
                       internal=True)
     after = evaluate_after(engine, docs, config.student.eval, grader, timings)
-    return Outcome(docs, before, after, open_book, [stats])
+    return Outcome(docs, before, after, open_book, [stats], metric=grader.metric)
 
 
 def absorb_per_document_step(config: AdaptConfig, docs: list[Document], training: TrainingTexts, run: RunDir,
@@ -281,14 +282,15 @@ def absorb_per_document_step(config: AdaptConfig, docs: list[Document], training
     after = [knowledge.QuestionResult(**q) for d in reported for q in done[d.id]["after"]]
     before = [r for r in before if r.document in done]
     timings["train_and_eval_seconds"] = time.perf_counter() - t0
-    return Outcome(reported, before, after, open_book, [done[d.id]["training"] for d in reported], failed)
+    return Outcome(reported, before, after, open_book, [done[d.id]["training"] for d in reported], failed,
+                   metric=grader.metric)
 
 
 def make_report(config: AdaptConfig, docs: list[Document], edits: list[dict], plan: AdaptPlan | None,
                 training: TrainingTexts, outcome: Outcome, timings: dict) -> dict:
     """The run's report: scores before and after, per document and per question, training, timings."""
     o = outcome
-    report = _report(config, o.reported, edits, o.before, o.after, o.training, timings)
+    report = _report(config, o.reported, edits, o.before, o.after, o.training, timings, o.metric)
     if config.mode == "per_document":
         # Folder names follow the order of all documents, failed ones included: `ask --run` reads them here.
         names = adapter_names(docs)
@@ -323,7 +325,7 @@ def finish(run: RunDir, report: dict, failed: list[dict]) -> dict:
 
 
 # ------------------------------------------------------------------------- the store's entry points (until it moves)
-def _report(config, docs, edits, before, after, train_stats, timings) -> dict:
+def _report(config, docs, edits, before, after, train_stats, timings, metric: str) -> dict:
     before_by = defaultdict(list)
     after_by = defaultdict(list)
     for r in before:
@@ -340,7 +342,7 @@ def _report(config, docs, edits, before, after, train_stats, timings) -> dict:
         "edits": config.edits.file,
         "student": config.student.model.path,
         "mode": config.mode,
-        "metric": config.student.eval.metric,
+        "metric": metric,  # resolved: what "auto" became for this student
         "documents": len(docs),
         "self_edits": len(edits),
         "training_sequences": sum(s["sequences"] for s in train_stats),

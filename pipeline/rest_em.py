@@ -493,11 +493,14 @@ def _heldout_stats(records: list[dict]) -> dict:
 
 
 def summary_markdown(metrics: list[dict], config: TrainTeacherConfig) -> str:
+    from pipeline.tasks.knowledge import metric_name
+
+    metric = "pass@2" if config.task == "arc" else metric_name(config.student.eval, config.student.model)
     lines = [
         f"# ReST-EM run: {config.task}",
         "",
         f"teacher `{config.teacher.model.path}`, student `{config.student.model.path}`, metric "
-        f"`{'pass@2' if config.task == 'arc' else config.student.eval.metric}`, selection `{config.rest_em.selection}`, "
+        f"`{metric}`, selection `{config.rest_em.selection}`, "
         f"{config.teacher.generation.num_samples} self-edits x {config.rest_em.seeds_per_edit} seeds per context",
         "",
         "| round | E-step reward (mean ± std) | positive | selected | held-out score (± 95% CI) | held-out gain (± 95% CI) |",

@@ -20,7 +20,7 @@ from pathlib import Path
 from core.config import LoraSettings, ModelSettings, TrainSettings
 from core.errors import UserError
 from core.lora import wrap_with_lora
-from core.models import encode_prompt, load_causal_lm, load_tokenizer, stop_token_ids, use_chat
+from core.models import encode_prompt, load_causal_lm, load_tokenizer, reply_until, stop_token_ids, use_chat
 from student.data import (IGNORE_INDEX, DistillExample, TrainExample, collate, encode_distill, encode_texts,
                           left_pad)
 
@@ -433,11 +433,7 @@ class StudentEngine:
 
     def reply_until(self, use_chat_template="auto", until: str = "auto") -> str:
         """What `reply` reads for these settings: "line" or "turn"."""
-        if until == "auto":
-            return "turn" if use_chat(self.tokenizer, use_chat_template) else "line"
-        if until not in ("line", "turn"):
-            raise ValueError(f"until must be auto, line or turn, not {until!r}")
-        return until
+        return reply_until(self.tokenizer, use_chat_template, until)
 
     def reply(self, prompts: list[str], *, use_chat_template="auto", max_new_tokens=64, batch_size=16,
               until: str = "line") -> list[str]:

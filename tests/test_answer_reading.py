@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from core.config import EvalSettings, LoraSettings, ModelSettings
+from core.config import EvalSettings, LoraSettings, ModelSettings, SelfEditSettings, TrainSettings
 from pipeline.documents import Document, Question
 from pipeline.tasks import knowledge
 
@@ -36,6 +36,58 @@ def test_auto_reads_a_turn_through_a_chat_template_and_a_line_without(engine):
     assert engine.reply_until("never", "turn") == "turn"
     with pytest.raises(ValueError):
         engine.reply_until("auto", "sentence")
+
+
+@pytest.fixture(scope="module")
+def plain_engine(tiny_models, tmp_path_factory):
+    """The tiny llama without its chat template: a student that answers raw prompts, as the synthetic world's do."""
+    import shutil
+
+    from student.engine import StudentEngine
+
+    path = tmp_path_factory.mktemp("plain") / "llama"
+    shutil.copytree(tiny_models["llama"], path)
+    (path / "chat_template.jinja").unlink()
+    return StudentEngine(ModelSettings(path=str(path)), LoraSettings(r=4, alpha=8))
+
+
+def test_the_auto_metric_follows_how_the_student_is_read(engine, plain_engine):
+    """benchmarks/grader_check: contains_numeric grades whole chat turns best; one-line answers keep token_f1."""
+    ev = EvalSettings()
+    assert ev.metric == "auto"
+    assert plain_engine.reply_until(ev.use_chat_template, ev.answer_until) == "line"
+    assert knowledge.resolve_metric(ev, engine).metric == "contains_numeric"
+    assert knowledge.resolve_metric(ev, plain_engine).metric == "token_f1"
+    assert knowledge.Grader(ev, engine=engine).metric == "contains_numeric"
+    assert knowledge.Grader(ev, engine=plain_engine).metric == "token_f1"
+    # A chat student read by its first line (or answering raw prompts) is graded as before.
+    assert knowledge.resolve_metric(EvalSettings(answer_until="line"), engine).metric == "token_f1"
+    assert knowledge.resolve_metric(EvalSettings(use_chat_template="never"), engine).metric == "token_f1"
+    # The tokenizer alone says the same (for what reports the metric with no student loaded).
+    assert knowledge.resolve_metric(ev, tokenizer=engine.tokenizer).metric == "contains_numeric"
+    assert knowledge.metric_name(ev, engine.settings) == "contains_numeric"
+    task = knowledge.KnowledgeTask(SelfEditSettings(), TrainSettings(epochs=1), ev)
+    assert task.grader_for(plain_engine).metric == "token_f1" and task.grader_for(engine).metric == "contains_numeric"
+    doc = Document(id="d", title="Velmora", text="The bridge has two arches.",
+                   questions=[Question("How many arches has the bridge?", ("2",))])
+    results = knowledge.evaluate(engine, [doc], EvalSettings(max_new_tokens=4), task.grader_for(engine))
+    assert "contains_numeric" in results[0].metrics
+    assert results[0].score == results[0].metrics["contains_numeric"]
+
+
+def test_an_explicit_metric_is_kept_and_auto_is_not_guessed_without_a_student(engine, plain_engine):
+    for metric in ("token_f1", "contains", "exact_match", "contains_numeric"):
+        ev = EvalSettings(metric=metric)
+        assert knowledge.resolve_metric(ev, engine) is ev and knowledge.resolve_metric(ev, plain_engine) is ev
+        assert knowledge.Grader(ev, engine=engine).metric == metric
+        assert knowledge.Grader(ev).metric == metric  # no student needed
+        assert knowledge.KnowledgeTask(SelfEditSettings(), TrainSettings(), ev).grader.metric == metric
+    with pytest.raises(ValueError, match="engine"):
+        knowledge.Grader(EvalSettings())
+    with pytest.raises(ValueError, match="auto"):
+        knowledge.KnowledgeTask(SelfEditSettings(), TrainSettings(), EvalSettings()).grader
+    with pytest.raises(ValueError, match="auto"):
+        knowledge.resolve_metric(EvalSettings())
 
 
 def test_whole_turn_keeps_the_answer_after_a_preamble_line():
@@ -114,6 +166,8 @@ def test_adapt_student_reports_the_ceiling(tiny_models, tmp_path, capsys):
     report = json.loads((tmp_path / "run/report.json").read_text())
     assert report["open_book"]["questions"] == 2 and report["ceiling"]["documents"] == 2
     assert {"ceiling_ratio", "kept_share", "open_book", "closed_book"} <= set(report["ceiling"])
+    # metric "auto" (the default), named as it was resolved: the tiny qwen2 answers through its chat template
+    assert report["metric"] == "contains_numeric" and report["before"]["contains_numeric"] is not None
 
 
 def test_the_quick_starts_sample_documents_and_questions_are_frozen():

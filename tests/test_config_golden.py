@@ -193,3 +193,24 @@ def test_a_run_folder_of_9553463_resumes_without_force(command, tmp_path):
     assert RunDir(run).start(RESUMES[command](run), force=False) is True
     new = (run / CONFIG_NAME).read_text(encoding="utf-8")
     assert "answer_until: auto" in new and "ping_timeout_s: 60.0" in new
+
+
+def test_a_run_folder_made_on_the_old_metric_default_keeps_it(tmp_path):
+    """student.eval.metric's default became auto (benchmarks/grader_check): a run folder made when it was token_f1
+    resumes with token_f1, the grader its records were made with; a new run records auto."""
+    from core.errors import UserError
+    from core.rundir import RunDir
+
+    fresh = _adapt_student(tmp_path / "new")
+    RunDir(tmp_path / "new").start(fresh)
+    assert fresh.student.eval.metric == "auto"
+    run = tmp_path / "old"
+    shutil.copytree(FIXTURES / "adapt-student", run)
+    config = _adapt_student(run)
+    assert config.student.eval.metric == "auto"
+    assert RunDir(run).start(config, force=False) is True
+    assert config.student.eval.metric == "token_f1"  # what the run goes on grading with
+    other = _adapt_student(run)
+    other.student.eval.metric = "contains"  # a metric asked for is another config, as before
+    with pytest.raises(UserError, match="student.eval.metric"):
+        RunDir(run).start(other, force=False)

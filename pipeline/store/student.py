@@ -42,7 +42,7 @@ class StoreStudent:
         self.engine = engine
         self.strategy = strategy
         self.eval = eval_settings
-        self.grader = Grader(eval_settings)
+        self.grader = Grader(eval_settings, engine=engine)
         self.library: dict[int, dict] = {}  # update number -> LoRA state (a routed strategy: library)
         self.holder: dict[str, int] = {}  # document key -> update number of its adapter (library)
         self.router: LexicalRouter | None = None

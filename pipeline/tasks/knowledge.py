@@ -10,7 +10,7 @@ Before splitting, a chain-of-thought completion loses its reasoning (`self_edit.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from core.config import EvalSettings, SelfEditSettings
 from core.errors import UserError
@@ -161,6 +161,38 @@ class QuestionResult:
 LOCAL_METRICS = ("exact_match", "token_f1", "contains")
 # Scored by the student's log-probabilities, not its greedy answer; need the engine (see `dense_scores`).
 DENSE_METRICS = ("answer_rank", "answer_margin")
+# metric "auto": the grader for how much of a reply the student is read by (StudentEngine.reply_until). A whole chat
+# turn is graded by contains_numeric, which agreed best with human labels on such replies (benchmarks/grader_check);
+# a one-line answer (the synthetic world's students) keeps token_f1.
+AUTO_METRICS = {"turn": "contains_numeric", "line": "token_f1"}
+
+
+def resolve_metric(settings: EvalSettings, engine=None, *, tokenizer=None) -> EvalSettings:
+    """`settings` with metric "auto" made concrete for the student `engine` (or, without one, the student's
+    `tokenizer`): contains_numeric when it is read by whole turns, else token_f1. Any other metric is kept."""
+    if settings.metric != "auto":
+        return settings
+    if engine is not None:
+        reads = engine.reply_until(settings.use_chat_template, settings.answer_until)
+    elif tokenizer is not None:
+        from core.models import reply_until
+
+        reads = reply_until(tokenizer, settings.use_chat_template, settings.answer_until)
+    else:
+        raise ValueError("student.eval.metric is auto, which depends on how the student is read: "
+                         "resolve it with the student's engine or tokenizer")
+    return replace(settings, metric=AUTO_METRICS[reads])
+
+
+def metric_name(settings: EvalSettings, model) -> str:
+    """The metric `settings` grade the student `model` (ModelSettings) with; "auto" resolved from its tokenizer
+    alone (no weights loaded)."""
+    if settings.metric != "auto":
+        return settings.metric
+    from core.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model.path, trust_remote_code=model.trust_remote_code)
+    return resolve_metric(settings, tokenizer=tokenizer).metric
 
 
 def _same_answer(a: list[str], b: list[str]) -> bool:
@@ -232,11 +264,17 @@ def dense_scores(engine, docs: list[Document], settings: EvalSettings) -> list[d
 
 
 class Grader:
-    """The primary reward plus the free local metrics, computed together for reports."""
+    """The primary reward plus the free local metrics, computed together for reports. `engine`: the student the
+    grader grades, which metric "auto" needs (see `resolve_metric`); `metric` is always the resolved name."""
 
-    def __init__(self, settings: EvalSettings):
+    def __init__(self, settings: EvalSettings, *, engine=None):
         from pipeline.rewards import get_reward
 
+        if settings.metric == "auto":
+            if engine is None:
+                raise ValueError("student.eval.metric is auto, which depends on how the student is read: build the "
+                                 "Grader with engine=<the student>, or pass settings through resolve_metric first")
+            settings = resolve_metric(settings, engine)
         self.metric = settings.metric
         self.local = {name: get_reward(name) for name in LOCAL_METRICS}
         self.dense = settings.metric in DENSE_METRICS
@@ -326,7 +364,21 @@ class KnowledgeTask:
         self.train = train
         self.eval = eval_settings
         self.template = load_template(self_edit.prompt)
-        self.grader = Grader(eval_settings)
+        # With metric "auto" the grader waits for the student (`grader_for`): the metric depends on how it is read.
+        self._grader = None if eval_settings.metric == "auto" else Grader(eval_settings)
+
+    @property
+    def grader(self) -> Grader:
+        """The grader; with metric "auto", only once a student has been scored (else a ValueError)."""
+        if self._grader is None:
+            self._grader = Grader(self.eval)
+        return self._grader
+
+    def grader_for(self, engine) -> Grader:
+        """The grader for the student `engine` (metric "auto" resolved for it)."""
+        if self._grader is None or resolve_metric(self.eval, engine).metric != self._grader.metric:
+            self._grader = Grader(self.eval, engine=engine)
+        return self._grader
 
     def context_id(self, doc: Document) -> str:
         return doc.id
@@ -345,12 +397,13 @@ class KnowledgeTask:
         return Prepared(True, payload=texts, info=report)
 
     def _mean_score(self, engine, doc: Document) -> float:
-        results = evaluate(engine, [doc], self.eval, self.grader)
+        grader = self.grader_for(engine)
+        results = evaluate(engine, [doc], self.eval, grader)
         if not results:
             raise ValueError(f"document {doc.id} has no questions to score")
         score = _nanmean([r.score for r in results])
         if score is None:
-            raise UserError(f"document {doc.id!r}: student.eval.metric={self.eval.metric} needs at least two "
+            raise UserError(f"document {doc.id!r}: student.eval.metric={grader.metric} needs at least two "
                             "questions with different answers (the other answers are its rivals)")
         return score
 
