@@ -20,12 +20,19 @@ Plans:
     distill:F,G  selection: alt0 0-15, forms F and G absorbed by context distillation (weight 1 and 0.5; with
                  question-answer exchanges for a question-answer form)
 
-    python benchmarks/real_recipe.py run --run runs/recipe_forms --plan forms --shard 0/2   # one process per core
-    python benchmarks/real_recipe.py run --run runs/recipe_forms --plan forms --shard 1/2
+    inner:F:S    selection: alt0 0-15, form F with stage 2's setting S beside S+all (LoRA on every linear layer at
+                 twice the learning rate) and S+ep20 (twice the epochs)
+    eval         the one evaluation, on passages 0-47: none, open, passage, implications, rl1 (0-23) with the
+                 paper's inner loop, and the recipe frozen in configs/knowledge_smollm2_recipe.yaml
+    eval-baselines  the same without the recipe's row, runnable before the recipe is frozen
+
+    python benchmarks/real_recipe.py run --run runs/recipe_forms --plan forms --shard auto   # one process per core
+    python benchmarks/real_recipe.py run --run runs/recipe_forms --plan forms --shard auto
     python benchmarks/real_recipe.py report --run runs/recipe_forms --out benchmarks/results/real_recipe
 
-Each job is one line of `records.jsonl`, appended when done; a rerun skips what is there. Shards split the plan's
-jobs by position, so two processes never run the same job; each writes its own records file.
+Each job is one line of a `records*.jsonl`, appended when done; a rerun skips what is there. `--shard auto` workers
+share a plan: each takes the next job whose lock (`claims/`) no one holds, and writes its own records file; `--shard
+k/n` splits it by position instead.
 """
 
 from __future__ import annotations
@@ -37,10 +44,11 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
+from dataclasses import asdict, dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +91,7 @@ class Setting:
     exchanges: bool = False
 
 
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SETTINGS = {
     "paper": Setting(),
     # Stage 2: the absorption objective, on the paper's inner loop.
@@ -90,6 +99,35 @@ SETTINGS = {
     "distill-0.5": Setting(objective="context_distill", distill_weight=0.5),
     "distill-x": Setting(objective="context_distill", exchanges=True),
 }
+# Stage 3: the inner loop around stage 2's objective: LoRA on every linear layer at twice the learning rate ("LoRA
+# without regret": attention-only LoRA underfits, and LoRA's best rate sits above full finetuning's), or twice the
+# epochs. Named "<base>+all" / "<base>+ep20" for each stage-2 setting.
+for _name, _s in list(SETTINGS.items()):
+    SETTINGS[f"{_name}+all"] = replace(_s, targets=ALL_LINEAR, lr=2 * _s.lr)
+    SETTINGS[f"{_name}+ep20"] = replace(_s, epochs=20)
+# The recipe frozen in a shipped config before the evaluation run (plan `eval`); its form is the config's prompt.
+RECIPE_CONFIG = ROOT / "configs/knowledge_smollm2_recipe.yaml"
+PROMPT_FORM = {"implications": "implications", "rewrite": "rewrite", "long_implications": "long", "self_qa": "self_qa"}
+
+
+def recipe() -> tuple[str, Setting]:
+    """The frozen recipe: (form, inner loop), read from the shipped config, so the evaluation runs what ships."""
+    from core.config import load_config
+    from pipeline.settings.adapt import AdaptConfig
+
+    if not RECIPE_CONFIG.exists():
+        raise SystemExit(f"{RECIPE_CONFIG} is not written yet: freeze the recipe before the evaluation run")
+    cfg = load_config(AdaptConfig, RECIPE_CONFIG)
+    lora, train = cfg.student.lora, cfg.student.train
+    setting = Setting(r=lora.r, alpha=lora.alpha, targets=tuple(lora.target_modules), lr=train.learning_rate,
+                      epochs=train.epochs, batch_size=train.batch_size, scheduler=train.lr_scheduler,
+                      objective=train.objective, distill_weight=train.distill_weight,
+                      exchanges=False)
+    return PROMPT_FORM[cfg.self_edit.prompt], setting
+
+
+def setting_of(name: str) -> Setting:
+    return recipe()[1] if name == "recipe" else SETTINGS[name]
 
 
 @dataclass
@@ -122,6 +160,23 @@ def plan(name: str) -> list[Job]:
         for a in squad_split.indices("selection", "alt0")[:16]:
             jobs += [Job("alt0", st, f, a) for f in forms for st in ("distill", "distill-0.5", "distill-x")
                      if st != "distill-x" or SPLIT.get(f) == "qa"]
+        return jobs
+    if name.startswith("inner:"):
+        # inner:FORM:SETTING — stage 3 on the first 16 selection passages of alt0: SETTING (stage 2's choice, whose
+        # rows are already in the run) beside it on every linear layer and with twice the epochs.
+        form, base = name.split(":")[1:]
+        for a in squad_split.indices("selection", "alt0")[:16]:
+            jobs += [Job("alt0", f"{base}{v}", form, a) for v in ("+all", "+ep20")]
+        return jobs
+    if name in ("eval", "eval-baselines"):
+        # The one evaluation: passages 0-47 as real_squad's table, (a)-(d) with the paper's inner loop, (d) on 0-23,
+        # the ceiling, and the frozen recipe (plan `eval` only; `eval-baselines` runs the rest before it is frozen).
+        evaluation = [i for i in squad_split.indices("evaluation", "eval") if i < 48]
+        for i in evaluation:
+            jobs += [Job("eval", "paper", c, i) for c in ("none", "open", "passage", "implications")
+                     + (("rl1",) if i < 24 else ())]
+            if name == "eval":
+                jobs.append(Job("eval", "recipe", recipe()[0], i))
         return jobs
     raise SystemExit(f"unknown plan {name!r}")
 
@@ -195,10 +250,10 @@ class Bench(real_squad.Bench):
             return [passage], {}
         pieces, report = split_self_edit_report(self.data.completion(job.pool, job.condition, job.passage), settings)
         texts = [with_title(doc, t, settings) for t in pieces] + [passage]
-        if SETTINGS[job.setting].exchanges:
+        if setting_of(job.setting).exchanges:
             from pipeline.tasks.knowledge import exchanges, pair_questions
 
-            engine = self.engine(SETTINGS[job.setting])
+            engine = self.engine(setting_of(job.setting))
             engine.reset()  # the student as it is, no adapter, answers with the passage in view
             added = exchanges(engine, doc, pair_questions(pieces), self.eval)
             texts += added
@@ -221,7 +276,7 @@ class Bench(real_squad.Bench):
 
         from core.seeds import context_seed
 
-        setting = SETTINGS[job.setting]
+        setting = setting_of(job.setting)
         engine = self.engine(setting)
         doc = self.data.document(job.pool, job.passage)
         start = time.perf_counter()
@@ -254,7 +309,13 @@ def _records_files(run: Path) -> list[Path]:
 
 def _same_bench(old: dict, new: dict) -> bool:
     """The same bench, where a setting or a setting's field added since (at its default) is no change."""
-    if {k: v for k, v in old.items() if k != "settings"} != {k: v for k, v in new.items() if k != "settings"}:
+    def rest(meta):
+        return {k: v for k, v in meta.items() if k not in ("settings", "recipe")}
+
+    if rest(old) != rest(new):
+        return False
+    # Baseline rows run before the recipe was frozen (plan eval-baselines) are the same bench as the evaluation's.
+    if "recipe" in old and "recipe" in new and old["recipe"] != new["recipe"]:
         return False
     default = asdict(Setting())
     for name, fields in old["settings"].items():
@@ -268,33 +329,70 @@ def _same_bench(old: dict, new: dict) -> bool:
 def cmd_run(args) -> None:
     from core.fetch import fetch_model
     from core.models import resolve_model_path
-    from core.rundir import append_jsonl, atomic_write_json, read_jsonl, repair_jsonl
+    from core.rundir import append_jsonl, atomic_write_json, repair_jsonl
 
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     model = args.model or str(fetch_model("smollm2-135m"))
     meta = {"qa_prompt": QA_PROMPT, "open_prompt": OPEN_PROMPT, "max_new_tokens": MAX_NEW_TOKENS,
             "settings": {k: asdict(v) for k, v in SETTINGS.items()},
+            # The frozen recipe is part of an evaluation run's identity: a changed config refuses to resume it.
+            **({"recipe": asdict(recipe()[1]) | {"form": recipe()[0]}} if args.plan == "eval" else {}),
             "split_sha256": squad_split.sha(squad_split.SPLIT_FILE.read_text(encoding="utf-8"))}
     meta = json.loads(json.dumps(meta))
     if (run / "bench.json").exists():
         old = json.loads((run / "bench.json").read_text())
         if not _same_bench(old, meta):
             raise SystemExit(f"{run} was started with other settings (bench.json differs); use another --run")
+        meta.setdefault("recipe", old.get("recipe"))
+        if meta["recipe"] is None:
+            del meta["recipe"]
     atomic_write_json(run / "bench.json", meta)
-    k, n = (int(x) for x in args.shard.split("/"))
-    records = run / f"records.{k}.jsonl"
+    jobs = plan(args.plan)
+    if args.shard == "auto":
+        records = run / f"records.auto-{os.getpid()}.jsonl"
+    else:
+        k, n = (int(x) for x in args.shard.split("/"))
+        records = run / f"records.{k}.jsonl"
+        jobs = [j for i, j in enumerate(jobs) if i % n == k]
+    # Only this worker's own file: another's may be mid-append (a torn last line is skipped when read).
     repair_jsonl(records)
-    done = {r["key"] for f in _records_files(run) for r in read_jsonl(f)}
-    jobs = [j for i, j in enumerate(plan(args.plan)) if i % n == k]
+    done = _done(run)
     todo = [j for j in jobs if j.key not in done]
-    print(f"{len(jobs)} jobs in plan {args.plan} shard {k}/{n}, {len(jobs) - len(todo)} done, {len(todo)} to run",
+    print(f"{len(jobs)} jobs in plan {args.plan} shard {args.shard}, {len(jobs) - len(todo)} done, {len(todo)} to run",
           flush=True)
     bench = Bench(run, resolve_model_path(model, dtype="float32", device="cpu"), args.threads)
     for i, job in enumerate(todo, 1):
-        rec = bench.run_job(job)
-        append_jsonl(records, rec)
+        with _claim(run, job) as mine:
+            # auto: another worker holds the job or finished it since this one started: skip it.
+            if not mine or (args.shard == "auto" and job.key in _done(run)):
+                continue
+            rec = bench.run_job(job)
+            append_jsonl(records, rec)
         print(f"[{i}/{len(todo)}] {job.key}: {rec['train']['sequences']} seqs, {rec['seconds']:.0f} s", flush=True)
+
+
+def _done(run: Path) -> set[str]:
+    from core.rundir import read_jsonl
+
+    return {r["key"] for f in _records_files(run) for r in read_jsonl(f)}
+
+
+@contextlib.contextmanager
+def _claim(run: Path, job: Job):
+    """Hold the job's lock while it runs, so workers started with --shard auto share a plan without a schedule;
+    the kernel drops the lock of a killed worker, and its job is run again by whoever comes next."""
+    import fcntl
+
+    claims = run / "claims"
+    claims.mkdir(exist_ok=True)
+    with open(claims / job.key.replace("/", "__"), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 # --------------------------------------------------------------------------------------------- reporting
@@ -313,7 +411,8 @@ def main(argv=None) -> None:
     r.add_argument("--run", required=True)
     r.add_argument("--plan", default="forms")
     r.add_argument("--model", default=None, help="default: SmolLM2-135M-Instruct from the package index")
-    r.add_argument("--shard", default="0/1", help="k/n: this process runs the plan's jobs i with i %% n == k")
+    r.add_argument("--shard", default="0/1", help="k/n: this process runs the plan's jobs i with i %% n == k; "
+                   "auto: workers share the plan, each taking the next job no one holds")
     r.add_argument("--threads", type=int, default=1)
     r.set_defaults(fn=cmd_run)
     q = sub.add_parser("report", help="tables with paired intervals, ceiling ratio and kept share")

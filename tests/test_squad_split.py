@@ -38,3 +38,31 @@ def test_the_split_matches_the_data_it_names_and_its_rule():
     evaluation = {e["sha256"] for e in split["uses"]["evaluation"]}
     for name in ("alt0", "alt1", "train0"):
         assert not evaluation & {squad_split.sha(p["context"]) for p in pools[name]}
+
+
+def test_each_benchmark_plan_reads_only_the_passages_of_its_use(monkeypatch):
+    """Selection plans never touch an evaluation passage, and the evaluation plan touches nothing else."""
+    import real_recipe
+
+    split = squad_split.load()
+    use_of = {(e["pool"], e["index"]): use for use, entries in split["uses"].items() for e in entries}
+    monkeypatch.setattr(real_recipe, "recipe", lambda: ("rewrite", real_recipe.Setting()))
+    for name, use in (("forms", "selection"), ("distill:rewrite,self_qa", "selection"),
+                      ("inner:rewrite:distill", "selection"), ("eval-baselines", "evaluation"),
+                      ("eval", "evaluation")):
+        jobs = real_recipe.plan(name)
+        assert jobs and {use_of[j.pool, j.passage] for j in jobs} == {use}, name
+        assert len({j.key for j in jobs}) == len(jobs), name
+        assert all(j.setting == "recipe" or j.setting in real_recipe.SETTINGS for j in jobs), name
+    assert {j.passage for j in real_recipe.plan("eval")} == set(range(48))
+
+
+def test_workers_sharing_a_plan_never_hold_the_same_job(tmp_path):
+    import real_recipe
+
+    job = real_recipe.plan("forms")[0]
+    with real_recipe._claim(tmp_path, job) as first:
+        with real_recipe._claim(tmp_path, job) as second:
+            assert (first, second) == (True, False)
+    with real_recipe._claim(tmp_path, job) as again:  # released when its holder is done (or dies)
+        assert again
