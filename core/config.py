@@ -95,10 +95,9 @@ class EvalSettings:
     batch_size: int = 16
     qa_prompt: str = "Answer the question with a short answer.\nQuestion: {question}\nAnswer:"
     use_chat_template: Literal["auto", "always", "never"] = "auto"
-    # answer_rank / answer_margin are scored by the student itself: how its log-probability of the gold answer
-    # compares with that of the document's other answers (pipeline.tasks.knowledge.dense_scores).
-    # auto: contains_numeric for a student read by whole turns (answer_until below), else token_f1: on 200
-    # human-labelled chat replies it agreed best (accuracy 0.930, kappa 0.710; benchmarks/grader_check/summary.md).
+    # answer_rank / answer_margin: the student's log-probability of the gold answer against the document's other
+    # answers (knowledge.dense_scores). auto: contains_numeric for a student read by whole turns (answer_until),
+    # else token_f1: it agreed best with 200 labelled chat replies (kappa 0.710; benchmarks/grader_check/).
     metric: Literal["auto", "exact_match", "token_f1", "contains", "contains_numeric", "llm_judge", "answer_rank",
                     "answer_margin"] = "auto"
     judge_model: str | None = None

@@ -122,6 +122,7 @@ def adapt_student_cmd(
     wait: bool = typer.Option(False, "--wait", help="If another run writes the output folder, wait for it instead "
                               "of exiting."),
     quiet: bool = typer.Option(False, help="No progress output."),
+    answers: bool = typer.Option(False, "--answers", help="Also print each question's answer before and after."),
 ):
     """The teacher writes self-edits for your documents; the student absorbs them into a LoRA adapter."""
     from pipeline.adapt import adapt_student
@@ -144,7 +145,7 @@ def adapt_student_cmd(
 
         typer.echo(json.dumps(report, indent=1))
         return
-    _print_summary(report, cfg.output)
+    _print_summary(report, cfg.output, answers=answers)
 
 
 @app.command("train-teacher")
@@ -488,27 +489,10 @@ def show_config(
     typer.echo(dump_yaml(_load(CONFIGS[command], config, {}, set_)), nl=False)
 
 
-def _print_summary(report: dict, output: str) -> None:
-    b, a = report.get("before") or {}, report.get("after") or {}
-    lines = [f"output: {output}"]
-    if report.get("task") == "knowledge":
-        lines.append(f"documents: {report['documents']}  self-edits: {report['self_edits']}  "
-                     f"training sequences: {report['training_sequences']}")
-        if report.get("passages", {}).get("split_documents"):
-            split = report["passages"]["split_documents"]
-            lines.append(f"split: {len(split)} documents into {sum(s['passages'] for s in split.values())} passages "
-                         f"of <= {report['passages']['passage_tokens']} tokens")
-        if b.get("questions"):
-            # The primary metric, then the local graders it is not: full-sentence answers are judged fairly only
-            # by `contains` (token F1 punishes every extra word).
-            names = [report["metric"]] + [m for m in ("contains", "token_f1", "exact_match") if m != report["metric"]]
-            for m in names:
-                if b.get(m if m != report["metric"] else "score") is not None:
-                    bv, av = (b["score"], a["score"]) if m == report["metric"] else (b[m], a[m])
-                    lines.append(f"{m} before: {bv:.3f}  after: {av:.3f}  ({b['questions']} questions)")
-    elif "summary" in report:
-        lines.append(str(report["summary"]))
-    typer.echo("\n".join(lines))
+def _print_summary(report: dict, output: str, *, answers: bool = False) -> None:
+    from pipeline.summary import summary_lines
+
+    typer.echo("\n".join(summary_lines(report, output, answers=answers)))
 
 
 def _expand_multi_value(argv: list[str]) -> list[str]:

@@ -161,9 +161,20 @@ def test_adapt_student_reports_the_ceiling(tiny_models, tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(["adapt-student", "--docs", str(docs), "--edits", str(edits), "--student", str(tiny_models["qwen2"]),
               "--output", str(tmp_path / "run"), "--quiet", "--set", "student.train.epochs=1",
-              "--set", "student.eval.max_new_tokens=6", "--set", "student.eval.open_book=true"])
-    assert done.value.code == 0, capsys.readouterr().err
+              "--set", "student.eval.max_new_tokens=6", "--set", "student.eval.open_book=true", "--answers"])
+    out, err = capsys.readouterr()
+    assert done.value.code == 0, err
     report = json.loads((tmp_path / "run/report.json").read_text())
+    # Printed: each question's replies as the report holds them, the right counts, the ceiling and the kept share.
+    q = report["questions"][0]
+    assert f"   before [{'right' if q['score_before'] >= 0.5 else 'wrong'}]: {q['before']}" in out.splitlines()
+    assert f"   after  [{'right' if q['score_after'] >= 0.5 else 'wrong'}]: {q['after']}" in out.splitlines()
+    assert out.count("Q: What is the bridge made of?  (gold: stone)") == 2
+    right = sum(x["score_after"] >= 0.5 for x in report["questions"])
+    assert f"before, {right} after)" in out
+    c = report["ceiling"]
+    assert f"open book (the ceiling): {c['open_book']:.3f}  closed book after: {c['closed_book']:.3f}" in out
+    assert f"kept share: {c['right_both']} of the {c['right_open_book']} questions right open book" in out
     assert report["open_book"]["questions"] == 2 and report["ceiling"]["documents"] == 2
     assert {"ceiling_ratio", "kept_share", "open_book", "closed_book"} <= set(report["ceiling"])
     # metric "auto" (the default), named as it was resolved: the tiny qwen2 answers through its chat template
