@@ -25,7 +25,7 @@ app = typer.Typer(
 
 SET_HELP = "Override any config field, e.g. --set student.lora.r=16 (repeatable)."
 # Flags that take several values after one flag (`--docs a.txt b.txt`); click needs the flag repeated.
-MULTI_VALUE_FLAGS = {"--docs"}
+MULTI_VALUE_FLAGS = {"--docs", "--heldout-docs"}
 
 
 def _nested(pairs: dict) -> dict:
@@ -151,9 +151,12 @@ def adapt_student_cmd(
 @app.command("train-teacher")
 def train_teacher_cmd(
     docs: Optional[list[str]] = typer.Option(None, "--docs", help="Training documents with questions (data.docs)."),
+    heldout_docs: Optional[list[str]] = typer.Option(
+        None, "--heldout-docs", help="Held-out documents with questions (data.heldout_docs), evaluated and never "
+        "trained on; without them the held-out ones are cut from --docs."),
     teacher: Optional[str] = typer.Option(None, help="Teacher model: hub id, local folder or .gguf file."),
     student: Optional[str] = typer.Option(None, help="Student model: hub id, local folder or .gguf file (may equal --teacher)."),
-    rounds: Optional[int] = typer.Option(None, help="ReST-EM rounds."),
+    rounds: Optional[int] = typer.Option(None, help="ReST-EM rounds (0: only evaluate the initial teacher)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Run folder; rerun to resume."),
     task: Optional[str] = typer.Option(None, help="knowledge (default) or arc."),
     arc_tasks: Optional[str] = typer.Option(None, "--arc-tasks", help="ARC challenges JSON (with --task arc)."),
@@ -172,13 +175,14 @@ def train_teacher_cmd(
     from pipeline.settings import TrainTeacherConfig
     from pipeline.train_teacher import train_teacher
 
-    flags = {"data.docs": docs, "teacher.model.path": teacher, "student.model.path": student, "rounds": rounds,
-             "output": output, "task": task, "arc.challenges": arc_tasks, "arc.solutions": arc_solutions}
+    flags = {"data.docs": docs, "data.heldout_docs": heldout_docs, "teacher.model.path": teacher,
+             "student.model.path": student, "rounds": rounds, "output": output, "task": task,
+             "arc.challenges": arc_tasks, "arc.solutions": arc_solutions}
     cfg = _load(TrainTeacherConfig, config, flags, set_)
     cfg.warm_start.files = [*cfg.warm_start.files, *(warm_start or [])]
     _quiet_libraries(quiet)
     metrics = train_teacher(cfg, force=force, progress=not quiet, wait=wait)
-    from pipeline.rest_em import summary_markdown
+    from pipeline.rest_em_stats import summary_markdown
 
     typer.echo(summary_markdown(metrics, cfg), nl=False)
     typer.echo(f"output: {cfg.output}")

@@ -8,19 +8,20 @@ Run folder (every file appears whole; JSONL grows one finished record at a time;
     round_0/heldout.jsonl             the initial teacher on held-out contexts (the comparison point)
     round_R/samples.jsonl             the teacher's k self-edits per context (written before any scoring)
     round_R/e_step.jsonl              one record per self-edit: seeds, scores, reward, timings
-    round_R/selected.jsonl            the SFT set; selection.json says how it was chosen (ties, empty contexts)
+    round_R/samples_more.jsonl        with rest_em.min_contexts_with_winner, when too few contexts had a winner: k more
+    round_R/e_step_more.jsonl         self-edits per context (numbered k..2k-1) and their scores, drawn once
+    round_R/selected.jsonl            the SFT set; selection.json says how it was chosen (ties, empty contexts, redraw)
     round_R/teacher/                  the round's teacher LoRA (PEFT, safetensors); teacher_merged/ when merged
     round_R/m_step.json               M-step stats; its presence marks the M-step done
     round_R/heldout.jsonl             the new teacher on held-out contexts
-    metrics.jsonl, summary.md         per round: reward mean/spread, fraction positive, selected, held-out score
+    metrics.jsonl, summary.md         per round: reward mean/spread, fraction positive and non-zero, contexts with a
+                                      winner, selected, held-out score
 """
 
 from __future__ import annotations
 
 import gc
 import json
-import math
-import statistics
 import time
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from core.rundir import (
 )
 from core.seeds import context_seed
 from pipeline import stamps
+from pipeline.rest_em_stats import heldout_stats, reward_stats, summary_markdown, winner_stats
 from pipeline.settings import TrainTeacherConfig
 from teacher.selection import select
 
@@ -62,9 +64,9 @@ class RestEM:
         from pipeline.tracking import Tracker
 
         self.tracker = Tracker([])
-        self._steps = {"e_step": 0, "heldout": 0, "m_step": 0}
+        self._steps = {"e_step": 0, "e_step_more": 0, "heldout": 0, "m_step": 0}
         self._baselines: dict[tuple[str, str], float] = {}
-        self._redrawn: dict[tuple[int, str], list[str]] = {}  # (round, tag) -> contexts a resume sampled again
+        self._resampled: dict[tuple[int, str], list[str]] = {}  # (round, tag) -> contexts a resume sampled again
         merge = config.rest_em.merge_teacher or config.rest_em.student_follows_teacher
         self.merge = merge
         self.force = False  # run(force=True): a changed warm-start file is accepted
@@ -123,28 +125,8 @@ class RestEM:
             extra = {"warm_start": {k: warm.get(k) for k in keys}} if warm else {}
             self._finish_round(0, extra, self.evaluate_heldout(0))
         for r in range(1, self.config.rounds + 1):
-            if r in done:
-                continue
-            say(f"round {r}/{self.config.rounds}")
-            t0 = time.perf_counter()
-            records = self.e_step(r)
-            e_seconds = time.perf_counter() - t0
-            selection = self.selection(r, records)
-            t0 = time.perf_counter()
-            m_info = self.m_step(r, selection)
-            m_seconds = time.perf_counter() - t0
-            for loss in m_info.get("losses") or []:
-                self._steps["m_step"] += 1
-                self.tracker.log({"m_step/loss": loss}, self._steps["m_step"])
-            t0 = time.perf_counter()
-            heldout = self.evaluate_heldout(r)
-            failed = sum(f["phase"] == "e_step" for f in self.failures(r))
-            extra = {"e_step": {**_reward_stats(records), **({"failed": failed} if failed > 0 else {})},
-                     "selected": len(selection),
-                     "m_step": {k: m_info.get(k) for k in ("pairs", "steps", "first_loss", "last_loss", "skipped")},
-                     "timings": {"e_step_seconds": round(e_seconds, 2), "m_step_seconds": round(m_seconds, 2),
-                                 "heldout_seconds": round(time.perf_counter() - t0, 2)}}
-            self._finish_round(r, extra, heldout)
+            if r not in done:
+                self._round(r)
         metrics = read_jsonl(self.run_dir / "metrics.jsonl")
         atomic_write_text(self.run_dir / "summary.md", summary_markdown(metrics, self.config))
         failed = self.failures()
@@ -154,13 +136,36 @@ class RestEM:
             raise ItemsFailed(failed, "round_*/failures.jsonl")
         return metrics
 
+    def _round(self, r: int) -> None:
+        say(f"round {r}/{self.config.rounds}")
+        t0 = time.perf_counter()
+        records = self.e_step(r)
+        records, selection, info = self.selection(r, records)  # with a redraw, its records join the first draw's
+        e_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        m_info = self.m_step(r, selection)
+        m_seconds = time.perf_counter() - t0
+        for loss in m_info.get("losses") or []:
+            self._steps["m_step"] += 1
+            self.tracker.log({"m_step/loss": loss}, self._steps["m_step"])
+        t0 = time.perf_counter()
+        heldout = self.evaluate_heldout(r)
+        failed = sum(f["phase"] != "heldout" for f in self.failures(r))
+        e_step = {**reward_stats(records), **winner_stats(selection, len(self.train_rounds[r - 1]), info)}
+        extra = {"e_step": {**e_step, **({"failed": failed} if failed > 0 else {})},
+                 "selected": len(selection),
+                 "m_step": {k: m_info.get(k) for k in ("pairs", "steps", "first_loss", "last_loss", "skipped")},
+                 "timings": {"e_step_seconds": round(e_seconds, 2), "m_step_seconds": round(m_seconds, 2),
+                             "heldout_seconds": round(time.perf_counter() - t0, 2)}}
+        self._finish_round(r, extra, heldout)
+
     def failures(self, only: int | None = None) -> list[dict]:
         """Items that failed every try and have no record since (a rerun before the round ended may retry them)."""
         out = []
         for r in ([only] if only is not None else range(self.config.rounds + 1)):
             rdir = self.round_dir(r)
-            for phase, records in (("e_step", "e_step.jsonl"), ("heldout", "heldout.jsonl")):
-                done = {(x["context"], x["sample"]) for x in read_jsonl(rdir / records)}
+            for phase in ("e_step", "e_step_more", "heldout"):
+                done = {(x["context"], x["sample"]) for x in read_jsonl(rdir / f"{phase}.jsonl")}
                 out += [f for f in read_jsonl(rdir / "failures.jsonl")
                         if f["phase"] == phase and (f["context"], f["sample"]) not in done]
         return out
@@ -171,13 +176,19 @@ class RestEM:
         e = extra.get("e_step") or {}
         self.tracker.log({"round/heldout_score": h["score_mean"], "round/heldout_gain": h["gain_mean"],
                           "round/heldout_failed": h.get("failed", 0), "round/reward_mean": e.get("reward_mean"),
-                          "round/fraction_positive": e.get("fraction_positive"), "round/failed": e.get("failed", 0),
+                          "round/fraction_positive": e.get("fraction_positive"),
+                          "round/fraction_nonzero": e.get("fraction_nonzero"), "round/failed": e.get("failed", 0),
                           "round/selected": extra.get("selected"),
+                          "round/contexts_with_winner": e.get("contexts_with_winner"),
                           "round/m_step_last_loss": (extra.get("m_step") or {}).get("last_loss")}, r)
-        say(f"round {r}: held-out score {h['score_mean']:.3f} (gain {h['gain_mean']:+.3f} ± {h['gain_ci95']:.3f})"
-            + (f", {h['failed']} held-out item(s) failed" if h.get("failed") else "")
-            + (f", E-step reward {extra['e_step']['reward_mean']:+.3f}, selected {extra['selected']}"
-               if extra.get("e_step") else ""))
+        said = f"round {r}: held-out score {h['score_mean']:.3f} (gain {h['gain_mean']:+.3f} ± {h['gain_ci95']:.3f})"
+        if h.get("failed"):
+            said += f", {h['failed']} held-out item(s) failed"
+        if e:
+            said += (f", E-step reward {e['reward_mean']:+.3f}, selected {extra['selected']} in "
+                     f"{e['contexts_with_winner']}/{e['contexts']} contexts")
+            said += " after a redraw" if e.get("redrawn") else ""
+        say(said)
 
     def _write_splits(self) -> None:
         path = self.run_dir / "splits.json"
@@ -199,15 +210,17 @@ class RestEM:
         repair_jsonl(path)
         # A score is redone when its sample (as the sample's stamp says) or the student changed; one from before
         # stamps is kept (and stamped) if its sample was not drawn again and the run recorded the current student.
-        scorer, redrawn = stamps.model_id(student.path), self._redrawn.get((r - (phase == "e_step"), phase), [])
+        # Samples for round r's E-step (and its redraw) come from the teacher after round r - 1.
+        sampled_by = r - (phase != "heldout")
+        scorer, resampled = stamps.model_id(student.path), self._resampled.get((sampled_by, phase), [])
         expected = {(cid, s["sample"]): stamps.of_sample(s, scorer) for cid in map(self.task.context_id, contexts)
                     for s in samples[cid]}
         same = stamps.recorded_model_agrees(self.run_dir.path, "student",
                                             stamps.model_id(self.config.student.model.path))
         kept = stamps.resume(path, {(x["context"], x["sample"]): [x] for x in read_jsonl(path)}, expected,
-                             what=f"{phase} r{r}", unit="scores", legacy=lambda key, _: same and key[0] not in redrawn)
+                             what=f"{phase} r{r}", unit="scores", legacy=lambda key, _: same and key[0] not in resampled)
         done = {key: recs[0] for key, recs in kept.items()}
-        for cid in redrawn:  # the unadapted student's score on a changed passage is taken again
+        for cid in resampled:  # the unadapted student's score on a changed passage is taken again
             self._baselines.pop((student.path, cid), None)
         items = []
         for ctx in contexts:
@@ -245,8 +258,10 @@ class RestEM:
         self.executor.release()
         return done
 
-    def sample(self, r: int, contexts: list, path: Path, *, n: int, temperature: float | None, tag: str) -> dict:
-        """k self-edits per context from the teacher after round r, stored before anything is scored."""
+    def sample(self, r: int, contexts: list, path: Path, *, n: int, temperature: float | None, tag: str,
+               start: int = 0) -> dict:
+        """k self-edits per context from the teacher after round r, stored before anything is scored; numbered from
+        `start` (a redraw continues after the first draw's, so that (context, sample) stays one self-edit)."""
         from dataclasses import replace
 
         gen = replace(self.config.teacher.generation, num_samples=n)
@@ -257,7 +272,7 @@ class RestEM:
         prompts = {self.task.context_id(c): (getattr(c, "text", ""), self.task.prompt(c)) for c in contexts}
         same = stamps.recorded_model_agrees(self.run_dir.path, "teacher", stamps.model_id(self.base.path))
         model, adapter = self.teacher_at(r)
-        complete, expected, self._redrawn[(r, tag)] = stamps.resume_prompted(
+        complete, expected, self._resampled[(r, tag)] = stamps.resume_prompted(
             path, complete_groups(path, "context", n), prompts, stamps.model_id(model.path, adapter),
             same_model=same, what=f"samples r{r} ({tag})", unit="contexts")
         todo = [c for c in contexts if self.task.context_id(c) not in complete]
@@ -276,7 +291,7 @@ class RestEM:
                              "num_tokens": s.num_tokens, "finished": s.finished,
                              **({"attempts": s.attempts, "rejected": s.rejected} if hasattr(s, "attempts") else {}),
                              stamps.KEY: expected[cid]}
-                            for i, s in enumerate(samples)]
+                            for i, s in enumerate(samples, start)]
                     for rec in recs:
                         append_jsonl(path, rec)
                     complete[cid] = recs
@@ -301,18 +316,22 @@ class RestEM:
         return TransformersBackend(model, peft_model=peft_model, tokenizer=load_tokenizer(model.path))
 
     # ----------------------------------------------------------------------------------------------- E-step
-    def e_step(self, r: int) -> list[dict]:
+    def e_step(self, r: int, *, more: bool = False) -> list[dict]:
+        """Round r's self-edits sampled, absorbed and scored; `more`: the redraw's (samples_more.jsonl,
+        e_step_more.jsonl), numbered after the first draw's, from their own seeds, scored with the same ones."""
         cfg = self.config
         contexts = self.train_rounds[r - 1]
         rdir = self.round_dir(r)
-        samples = self.sample(r - 1, contexts, rdir / "samples.jsonl", n=cfg.teacher.generation.num_samples,
-                              temperature=None, tag="e_step")
+        n = cfg.teacher.generation.num_samples
+        phase, suffix = ("e_step_more", "_more") if more else ("e_step", "")
+        samples = self.sample(r - 1, contexts, rdir / f"samples{suffix}.jsonl", n=n, temperature=None, tag=phase,
+                              start=n if more else 0)
         student = self.student_for(r - 1)
         seeds = [context_seed(cfg.seed, "student", s) for s in range(cfg.rest_em.seeds_per_edit)]
-        done = self._score_items(r, "e_step", student, contexts, samples, seeds, rdir / "e_step.jsonl",
-                                 f"E-step r{r}: absorbing")
-        return [done[key] for c in contexts for i in range(len(samples[self.task.context_id(c)]))
-                if (key := (self.task.context_id(c), i)) in done]
+        done = self._score_items(r, phase, student, contexts, samples, seeds, rdir / f"{phase}.jsonl",
+                                 f"E-step r{r}: absorbing" + (" (redraw)" if more else ""))
+        return [done[key] for c in contexts for s in samples[self.task.context_id(c)]
+                if (key := (self.task.context_id(c), s["sample"])) in done]
 
     # -------------------------------------------------------------------------------------------- warm start
     def warm_start(self) -> dict | None:
@@ -352,20 +371,42 @@ class RestEM:
         return info
 
     # ------------------------------------------------------------------------------------ selection, M-step
-    def selection(self, r: int, records: list[dict]) -> list[dict]:
+    def selection(self, r: int, records: list[dict]) -> tuple[list[dict], list[dict], dict]:
+        """(the round's records, its SFT set, selection.json). With rest_em.min_contexts_with_winner, a selection
+        over `records` (the E-step's) with fewer contexts with a winner first draws as many self-edits again per
+        context, once, and selects over all of them; the redraw's records then join `records`."""
         rdir = self.round_dir(r)
         if (rdir / "selected.jsonl").exists() and (rdir / "selection.json").exists():
-            return read_jsonl(rdir / "selected.jsonl")
-        re = self.config.rest_em
-        sel = select(records, re.selection, cap=re.top_k, must_beat_baseline=re.must_beat_baseline)
+            info = json.loads((rdir / "selection.json").read_text(encoding="utf-8"))
+            more = self.e_step(r, more=True) if info.get("redrawn") else []
+            return records + more, read_jsonl(rdir / "selected.jsonl"), info
+        need = self.config.rest_em.min_contexts_with_winner
+        sel, redraw = self._select(records), {}
+        if need is not None:
+            before = len({x["context"] for x in sel.chosen})
+            # The decision is the first draw's; a redraw once begun (its samples on disk) is finished even where a
+            # retried item has changed that draw since, so that every resume ends with the same records.
+            redrawn = before < need or (rdir / "samples_more.jsonl").exists()
+            if redrawn:
+                say(f"round {r}: {before} of {len(self.train_rounds[r - 1])} contexts have a winner "
+                    f"(rest_em.min_contexts_with_winner={need}); drawing as many self-edits again")
+                records = records + self.e_step(r, more=True)
+                sel = self._select(records)
+            redraw = {"redrawn": redrawn, "contexts_with_winner_before": before,
+                      "contexts_with_winner": len({x["context"] for x in sel.chosen})}
         chosen = [{"context": x["context"], "sample": x["sample"], "reward": x["reward"], "prompt": x["prompt"],
                    "completion": x["self_edit"]} for x in sel.chosen]
+        re = self.config.rest_em
+        info = {"policy": re.selection, "cap": re.top_k, "must_beat_baseline": re.must_beat_baseline,
+                "selected": len(chosen), "ties": sel.ties, "contexts_without_pick": sel.contexts_without_pick,
+                **redraw}
         atomic_write_text(rdir / "selected.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in chosen))
-        atomic_write_json(rdir / "selection.json", {"policy": re.selection, "cap": re.top_k,
-                                                    "must_beat_baseline": re.must_beat_baseline,
-                                                    "selected": len(chosen), "ties": sel.ties,
-                                                    "contexts_without_pick": sel.contexts_without_pick})
-        return chosen
+        atomic_write_json(rdir / "selection.json", info)
+        return records, chosen, info
+
+    def _select(self, records: list[dict]):
+        re = self.config.rest_em
+        return select(records, re.selection, cap=re.top_k, must_beat_baseline=re.must_beat_baseline)
 
     def m_step(self, r: int, selected: list[dict]) -> dict:
         from teacher.m_step import run_m_step
@@ -414,7 +455,7 @@ class RestEM:
         done = self._score_items(r, "heldout", student, self.heldout, samples, seeds, rdir / "heldout.jsonl",
                                  f"held-out r{r}")
         keys = [(self.task.context_id(c), i) for c in self.heldout for i in range(n)]
-        stats = _heldout_stats([done[k] for k in keys if k in done])
+        stats = heldout_stats([done[k] for k in keys if k in done])
         missing = sum(k not in done for k in keys)
         return {**stats, "failed": missing} if missing else stats
 
@@ -456,68 +497,3 @@ def _read_m_step(marker: Path, run: Path) -> dict:
     for key, rel in info.pop("in_run", {}).items():
         info[key] = str(Path(run) / rel)
     return info
-
-
-# ------------------------------------------------------------------------------------------------ statistics
-def _ci95(values: list[float]) -> float:
-    return 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-
-
-def _reward_stats(records: list[dict]) -> dict:
-    rewards = [x["reward"] for x in records]
-    valid = [x for x in records if x["valid"]]
-    return {
-        "self_edits": len(records),
-        "valid_fraction": len(valid) / len(records) if records else 0.0,
-        "reward_mean": statistics.fmean(rewards) if rewards else 0.0,
-        "reward_std": statistics.stdev(rewards) if len(rewards) > 1 else 0.0,
-        "fraction_positive": sum(r > 0 for r in rewards) / len(rewards) if rewards else 0.0,
-        # seed-to-seed spread inside a self-edit, to compare with the spread between self-edits
-        "seed_std_mean": statistics.fmean([statistics.stdev(x["scores"]) for x in valid if len(x["scores"]) > 1] or [0.0]),
-    }
-
-
-def _heldout_stats(records: list[dict]) -> dict:
-    scores = [x["score"] for x in records]
-    gains = [x["score"] - x["baseline"] for x in records]
-    return {
-        "contexts": len({x["context"] for x in records}),
-        "self_edits": len(records),
-        "valid_fraction": sum(x["valid"] for x in records) / len(records) if records else 0.0,
-        "baseline_mean": statistics.fmean([x["baseline"] for x in records]) if records else 0.0,
-        "score_mean": statistics.fmean(scores) if scores else 0.0,
-        "score_ci95": _ci95(scores),
-        "gain_mean": statistics.fmean(gains) if gains else 0.0,
-        "gain_ci95": _ci95(gains),
-    }
-
-
-def summary_markdown(metrics: list[dict], config: TrainTeacherConfig) -> str:
-    from pipeline.tasks.knowledge import metric_name
-
-    metric = "pass@2" if config.task == "arc" else metric_name(config.student.eval, config.student.model)
-    lines = [
-        f"# ReST-EM run: {config.task}",
-        "",
-        f"teacher `{config.teacher.model.path}`, student `{config.student.model.path}`, metric "
-        f"`{metric}`, selection `{config.rest_em.selection}`, "
-        f"{config.teacher.generation.num_samples} self-edits x {config.rest_em.seeds_per_edit} seeds per context",
-        "",
-        "| round | E-step reward (mean ± std) | positive | selected | held-out score (± 95% CI) | held-out gain (± 95% CI) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for m in metrics:
-        if m.get("warm_start"):
-            w = m["warm_start"]
-            loss = (f", loss {w['first_loss']:.3f} -> {w['last_loss']:.3f}"
-                    if w.get("first_loss") is not None and w.get("last_loss") is not None else "")
-            lines.append(f"| warm start | - | - | SFT: {w['pairs']} pairs, {w['steps']} steps{loss} | - | - |")
-        e, h = m.get("e_step"), m["heldout"]
-        reward = f"{e['reward_mean']:+.3f} ± {e['reward_std']:.3f}" if e else "-"
-        pos = f"{e['fraction_positive']:.0%}" if e else "-"
-        sel = str(m.get("selected", "-"))
-        lines.append(f"| {m['round']} | {reward} | {pos} | {sel} | {h['score_mean']:.3f} ± {h['score_ci95']:.3f} | "
-                     f"{h['gain_mean']:+.3f} ± {h['gain_ci95']:.3f} |")
-    return "\n".join(lines) + "\n"
-
-

@@ -170,8 +170,8 @@ def training_sequences(docs: list[Document], edits: list[dict], plan: AdaptPlan 
 
     `num_samples` (the teacher's samples per passage) and `edits_file` (given self-edits) only word the error for a
     document left without any training text."""
-    passage_text = {p.id: p.text for _, p in units(docs, plan)}
-    doc_text = {d.id: d.text for d in docs}
+    passage_text = {p.id: knowledge.distill_context(p) for _, p in units(docs, plan)}
+    doc_text = {d.id: knowledge.distill_context(d) for d in docs}
     pairs: dict[str, list[tuple[str, str]]] = {d.id: [] for d in docs}
     for rec in edits:
         context = passage_text.get(unit_key(rec), doc_text[rec["document"]])
@@ -181,7 +181,8 @@ def training_sequences(docs: list[Document], edits: list[dict], plan: AdaptPlan 
         if not pairs[doc.id]:
             raise _no_training_text(doc, self_edit, num_samples, edits_file)
         if self_edit.include_passage:
-            pairs[doc.id] += [(knowledge.with_title(doc, p.text, self_edit), p.text) for _, p in units([doc], plan)]
+            pairs[doc.id] += [(knowledge.with_title(doc, p.text, self_edit), knowledge.distill_context(p))
+                              for _, p in units([doc], plan)]
     split = 0
     if plan is not None and plan.counter is not None:
         # Nothing is cut at train.max_length: a longer training text is split on sentence or word boundaries.

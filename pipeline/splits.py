@@ -19,7 +19,7 @@ def split_contexts(pool: list, heldout: list | None, data: DataSettings, rounds:
         pool = [c for c in pool if key(c) not in held_ids]
         heldout = heldout[: data.heldout_contexts]
     n = data.contexts_per_round
-    need = n * rounds if data.fresh_per_round else n
+    need = 0 if rounds == 0 else n * rounds if data.fresh_per_round else n
     if n < 1:
         raise UserError("data.contexts_per_round must be at least 1")
     if len(pool) < need:

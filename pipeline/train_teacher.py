@@ -12,7 +12,8 @@ from pipeline.splits import split_contexts
 def _knowledge_setup(config: TrainTeacherConfig):
     from pipeline.tasks.knowledge import KnowledgeTask
 
-    if not config.data.docs:
+    # A run of no rounds only evaluates the initial teacher: its held-out documents are all it needs.
+    if not config.data.docs and not (config.rounds == 0 and config.data.heldout_docs):
         raise UserError("no training documents (--docs PATH or data.docs in the config)")
 
     def with_questions(paths):
@@ -25,7 +26,7 @@ def _knowledge_setup(config: TrainTeacherConfig):
                             f"({len(missing)} documents lack them)")
         return docs
 
-    pool = with_questions(config.data.docs)
+    pool = with_questions(config.data.docs) if config.data.docs else []
     heldout = with_questions(config.data.heldout_docs) if config.data.heldout_docs else None
     rounds, heldout = split_contexts(pool, heldout, config.data, config.rounds, key=lambda d: d.id)
     task = KnowledgeTask(config.self_edit, config.student.train, config.student.eval)

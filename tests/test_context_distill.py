@@ -134,6 +134,30 @@ def test_train_texts_dispatches_on_the_objective(setup):
         BatchedLoraBank(engine).train_many([engine.encode([TEXT], 64)], ONE_STEP)
 
 
+def test_rest_em_and_adapt_student_distil_from_the_same_passage(setup):
+    """ReST-EM's inner loop (KnowledgeTask.score) trains on a self-edit's texts with the passage adapt-student pairs
+    them with (pipeline.self_edits.training_sequences): the same adapter as train_distill given those passages."""
+    from core.config import EvalSettings, SelfEditSettings
+    from pipeline.documents import Document, Question
+    from pipeline.self_edits import training_sequences
+    from pipeline.tasks.knowledge import KnowledgeTask
+
+    engine, _ = setup
+    doc = Document("velmora", "Velmora", PASSAGE, [Question("What is the bridge made of?", ("grey stone",))])
+    self_edit = SelfEditSettings(include_passage=True)
+    task = KnowledgeTask(self_edit, ONE_STEP, EvalSettings(max_new_tokens=2, use_chat_template="never",
+                                                           metric="token_f1"))
+    prepared = task.prepare(doc, f"{TEXT}\n{OTHER_TEXT}")
+    adapt = training_sequences([doc], [{"document": doc.id, "training_texts": prepared.payload[:-1]}], None,
+                               self_edit=self_edit, max_length=256, num_samples=1)
+    assert adapt.texts[doc.id] == prepared.payload and adapt.contexts[doc.id] == [f"Velmora\n{PASSAGE}"] * 3
+    task.score(engine, doc, prepared, seed=3)
+    scored = {k: v.clone() for k, v in engine.adapter_state().items()}
+    engine.reset(seed=3)
+    engine.train_distill(adapt.texts[doc.id], adapt.contexts[doc.id], ONE_STEP, seed=3)
+    assert all(torch.equal(scored[k], v) for k, v in engine.adapter_state().items())
+
+
 def test_checkpoint_resumes_only_with_the_same_passages(setup, tmp_path, monkeypatch):
     from student import checkpoint as ckpt_io
     from student.checkpoint import TrainCheckpoint

@@ -12,7 +12,7 @@ import torch
 from core.config import EvalSettings, LoraSettings, ModelSettings, SelfEditSettings, TrainSettings
 from core.errors import UserError
 from pipeline.documents import Document, Question
-from pipeline.tasks import knowledge
+from pipeline.tasks import dense, knowledge
 
 EVAL = EvalSettings(qa_prompt="Question: {question}\nAnswer:", use_chat_template="never", metric="answer_rank",
                     max_new_tokens=4)
@@ -51,8 +51,8 @@ def test_batched_scores_equal_one_sequence_at_a_time(engine):
 
 
 def test_rivals_are_the_other_answers_but_never_a_form_of_the_gold():
-    assert knowledge._distractors(DOC, 0) == ["Ada Quill", "wool"]  # "grey granite" holds "granite"
-    assert knowledge._distractors(DOC, 1) == ["granite", "wool"]  # first gold per question, deduplicated
+    assert dense.distractors(DOC, 0) == ["Ada Quill", "wool"]  # "grey granite" holds "granite"
+    assert dense.distractors(DOC, 1) == ["granite", "wool"]  # first gold per question, deduplicated
 
 
 def test_margin_and_rank_follow_from_the_logprobs(engine):

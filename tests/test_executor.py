@@ -193,6 +193,25 @@ def test_a_user_error_inside_a_worker_ends_the_phase_with_that_error(cluster, ti
             ModelSettings(path=str(tiny_models["llama"])), [item]))
 
 
+def test_a_context_distill_student_scores_on_ray_as_on_the_local_loop(cluster, tiny_models, squad_file):
+    """student.train.objective=context_distill reaches the task's scoring inside a Ray worker: each self-edit is
+    distilled with its passage there as in this process."""
+    import dataclasses
+
+    import torch
+
+    from pipeline.ray_executor import RayExecutor
+
+    t = _task()
+    task = KnowledgeTask(t.self_edit, dataclasses.replace(t.train, objective="context_distill"), t.eval)
+    student = ModelSettings(path=str(tiny_models["llama"]))
+    items = _items(squad_file, n_docs=1)
+    torch.set_num_threads(1)
+    local = _records(LocalExecutor(task, LORA).run(student, items))
+    remote = _records(RayExecutor(task, LORA, ExecutorSettings(**RAY, workers=1)).run(student, items))
+    assert remote == local and len(local) == 2 and all(r["valid"] and r["scores"] for r in local.values())
+
+
 def test_more_workers_than_the_cluster_holds_is_said_not_waited_on(cluster):
     from core.errors import UserError
     from pipeline.ray_executor import RayExecutor

@@ -16,6 +16,7 @@ from pipeline.settings import AdaptConfig, TrainTeacherConfig
     (AdaptConfig, "student.train.learning_rate=0", "student.train.learning_rate"),
     (TrainTeacherConfig, "m_step.lora.r=0", "m_step.lora.r"),
     (TrainTeacherConfig, "student.train.batch_size=0", "student.train.batch_size"),
+    (TrainTeacherConfig, "rest_em.min_contexts_with_winner=0", "rest_em.min_contexts_with_winner"),
 ])
 def test_a_setting_out_of_range_names_its_key(cls, override, key):
     with pytest.raises(UserError, match=f"'{key}'.*out of range"):

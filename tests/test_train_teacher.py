@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,3 +178,122 @@ def test_documents_without_questions_are_refused(tiny_models, tmp_path, capsys):
     code, _, err = run_cli(["train-teacher", "--docs", doc, "--teacher", tiny_models["llama"], "--student",
                             tiny_models["llama"], "--output", tmp_path / "o"], capsys)
     assert code == 2 and "no questions" in err
+
+
+def _one_round(tiny_models, squad_file, out, *extra):
+    return ["train-teacher", "--docs", squad_file, "--teacher", tiny_models["llama"], "--student",
+            tiny_models["qwen2"], "--rounds", 1, "--output", out, "--quiet", *SMALL,
+            "--set", "teacher.generation.num_samples=2", "--set", "rest_em.seeds_per_edit=1", *extra]
+
+
+def test_a_context_distill_student_absorbs_the_self_edits_of_a_round(tiny_models, squad_file, tmp_path, capsys):
+    out = tmp_path / "distill"
+    code, _, err = run_cli(_one_round(tiny_models, squad_file, out, "--set", "student.train.objective=context_distill",
+                                      "--set", "data.contexts_per_round=1", "--set", "data.heldout_contexts=1"), capsys)
+    assert code == 0, err
+    metrics = _jsonl(out / "metrics.jsonl")
+    assert [m["round"] for m in metrics] == [0, 1]
+    records = _jsonl(out / "round_1/e_step.jsonl")
+    assert len(records) == 2 and any(x["valid"] for x in records)
+    assert all(len(x["scores"]) == 1 for x in records if x["valid"])
+    assert len(_jsonl(out / "round_1/heldout.jsonl")) == 1
+    e = metrics[1]["e_step"]
+    assert {"fraction_nonzero", "contexts", "contexts_with_winner"} <= set(e) and e["contexts"] == 1
+    assert e["contexts_with_winner"] == 1 == metrics[1]["selected"]  # must_beat_baseline is off in SMALL
+    # without rest_em.min_contexts_with_winner no round draws again
+    assert "redrawn" not in e and not (out / "round_1/samples_more.jsonl").exists()
+
+
+def _winners(records):
+    return {x["context"] for x in records if x["valid"] and x["reward"] > 0}
+
+
+def test_a_thin_selection_draws_again_once_and_resumes_from_any_point(tiny_models, squad_file, tmp_path, capsys):
+    out = tmp_path / "redraw"
+    args = _one_round(tiny_models, squad_file, out, "--set", "rest_em.must_beat_baseline=true",
+                      "--set", "rest_em.min_contexts_with_winner=2")
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    rd = out / "round_1"
+    first, more = _jsonl(rd / "samples.jsonl"), _jsonl(rd / "samples_more.jsonl")
+    contexts = json.loads((out / "splits.json").read_text())["rounds"][0]
+    for cid in contexts:  # the redraw's samples continue the numbering, from seeds of their own
+        assert [s["sample"] for s in first if s["context"] == cid] == [0, 1]
+        assert [s["sample"] for s in more if s["context"] == cid] == [2, 3]
+    assert not {s["seed"] for s in first} & {s["seed"] for s in more}
+    scored = _jsonl(rd / "e_step.jsonl") + _jsonl(rd / "e_step_more.jsonl")
+    assert sorted((x["context"], x["sample"]) for x in scored) == sorted((c, i) for c in contexts for i in range(4))
+    before = len(_winners(_jsonl(rd / "e_step.jsonl")))
+    assert before < 2, "the tiny student beat its baseline in both contexts: the threshold no longer bites"
+    selected = _jsonl(rd / "selected.jsonl")
+    e = _jsonl(out / "metrics.jsonl")[1]["e_step"]
+    assert e["self_edits"] == 8 and e["redrawn"] is True and e["contexts"] == 2
+    assert e["contexts_with_winner_before"] == before
+    assert e["contexts_with_winner"] == len({s["context"] for s in selected}) == len(_winners(scored))
+    assert json.loads((rd / "selection.json").read_text())["redrawn"] is True
+    assert "redrawn" in (out / "summary.md").read_text() and "redrawn" in stdout
+
+    # Killed in the redraw: one context's extra samples cut short, one extra score written; then resumed.
+    whole = {name: _stable(_jsonl(rd / name)) for name in ("samples_more.jsonl", "e_step_more.jsonl",
+                                                           "selected.jsonl")}
+    lines = (rd / "samples_more.jsonl").read_text().splitlines(keepends=True)
+    (rd / "samples_more.jsonl").write_text("".join(lines[:3]))
+    (rd / "e_step_more.jsonl").write_text((rd / "e_step_more.jsonl").read_text().splitlines(keepends=True)[0])
+    for name in ("selected.jsonl", "selection.json", "m_step.json", "heldout.jsonl", "heldout_samples.jsonl"):
+        (rd / name).unlink(missing_ok=True)
+    shutil.rmtree(rd / "teacher", ignore_errors=True)
+    metrics = out / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines(keepends=True)[0])
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+    for name, records in whole.items():
+        assert sorted(_stable(_jsonl(rd / name)), key=key) == sorted(records, key=key), name
+    again = _jsonl(metrics)[1]["e_step"]
+    assert {k: again[k] for k in ("self_edits", "redrawn", "contexts_with_winner", "contexts_with_winner_before")} \
+        == {k: e[k] for k in ("self_edits", "redrawn", "contexts_with_winner", "contexts_with_winner_before")}
+
+
+def test_held_out_documents_from_their_own_file_and_a_run_of_no_rounds(tiny_models, tmp_path, capsys):
+    from pipeline.documents import load_documents
+    from tests.test_warm_start import HELDOUT, TRAIN, _docs_file
+
+    docs, held = _docs_file(tmp_path / "docs.json", TRAIN), _docs_file(tmp_path / "heldout.json", HELDOUT)
+    held_ids, train_ids = [d.id for d in load_documents(str(held))], {d.id for d in load_documents(str(docs))}
+    models = ["--teacher", tiny_models["llama"], "--student", tiny_models["qwen2"], "--quiet", *SMALL]
+
+    # No rounds and no training documents: the initial teacher evaluated on the held-out file alone.
+    only = tmp_path / "only"
+    code, stdout, err = run_cli(["train-teacher", "--heldout-docs", held, "--rounds", 0, "--output", only, *models],
+                                capsys)
+    assert code == 0, err
+    assert [m["round"] for m in _jsonl(only / "metrics.jsonl")] == [0] and "| 0 |" in stdout
+    assert json.loads((only / "splits.json").read_text()) == {"heldout": held_ids, "rounds": []}
+    assert sorted(x["context"] for x in _jsonl(only / "round_0/heldout.jsonl")) == sorted(held_ids)
+    assert not (only / "round_1").exists()
+    code, _, err = run_cli(["train-teacher", "--heldout-docs", held, "--rounds", 1, "--output", tmp_path / "bad",
+                            *models], capsys)
+    assert code == 2 and "no training documents" in err
+
+    # data.heldout_contexts keeps the file's first documents; a run of no rounds goes on into round 1.
+    out = tmp_path / "run"
+    args = ["train-teacher", "--docs", docs, "--heldout-docs", held, "--output", out, *models,
+            "--set", "data.heldout_contexts=1"]
+    code, _, err = run_cli([*args, "--rounds", 0], capsys)
+    assert code == 0, err
+    assert json.loads((out / "splits.json").read_text()) == {"heldout": held_ids[:1], "rounds": []}
+    code, _, err = run_cli([*args, "--rounds", 1], capsys)
+    assert code == 0, err
+    splits = json.loads((out / "splits.json").read_text())
+    assert splits["heldout"] == held_ids[:1] and len(splits["rounds"][0]) == 2 and set(splits["rounds"][0]) <= train_ids
+    assert [m["round"] for m in _jsonl(out / "metrics.jsonl")] == [0, 1]
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_run_of_no_rounds_needs_no_training_contexts(fresh):
+    from pipeline.settings import DataSettings
+    from pipeline.splits import split_contexts
+
+    data = DataSettings(contexts_per_round=5, heldout_contexts=3, fresh_per_round=fresh)
+    rounds, heldout = split_contexts(list("abc"), None, data, 0, key=str)
+    assert rounds == [] and sorted(heldout) == ["a", "b", "c"]

@@ -39,6 +39,10 @@ class RestEMSettings:
     student_follows_teacher: bool = False
     heldout_samples: int = 1
     heldout_temperature: float | None = None  # None: teacher.generation.temperature
+    # When fewer contexts than this have a selected self-edit after the E-step, the round draws
+    # teacher.generation.num_samples more per context once (round_R/samples_more.jsonl, e_step_more.jsonl) and
+    # selects over all of them before its M-step; null: never.
+    min_contexts_with_winner: int | None = None
 
 
 @dataclass
@@ -81,7 +85,10 @@ class TrainTeacherConfig:
 _RANGES = {
     TrainTeacherConfig: {"rounds": (lambda v: v >= 0, ">= 0")},
     RestEMSettings: {"seeds_per_edit": (lambda v: v >= 1, ">= 1"), "top_k": (lambda v: v >= 1, ">= 1"),
-                     "heldout_samples": (lambda v: v >= 1, ">= 1")},
+                     "heldout_samples": (lambda v: v >= 1, ">= 1"),
+                     # A thin selection is met by sampling more before the M-step, never by a changed reward or
+                     # selection rule: the teacher still learns only from self-edits that helped the student.
+                     "min_contexts_with_winner": (lambda v: v is None or v >= 1, ">= 1 or null")},
     WarmStartSettings: {"completions_per_passage": (lambda v: v is None or v >= 1, ">= 1 or null"),
                         "limit": (lambda v: v is None or v >= 1, ">= 1 or null")},
 }
