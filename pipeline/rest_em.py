@@ -283,12 +283,15 @@ class RestEM:
                     cid = self.task.context_id(ctx)
                     seed = context_seed(self.config.seed, tag, r, cid)
                     prompt = prompts[cid][1]
+                    t0 = time.perf_counter()
                     if hasattr(self.task, "sample_self_edits"):  # tasks that redraw unparseable drafts (ARC)
                         (samples,) = self.task.sample_self_edits(backend, [ctx], gen, [seed])
                     else:
                         (samples,) = backend.sample([prompt], gen, [seed])
                     recs = [{"context": cid, "sample": i, "seed": seed, "prompt": prompt, "self_edit": s.text,
                              "num_tokens": s.num_tokens, "finished": s.finished,
+                             # the group's sampling time shared by its samples: a self-edit's cost, beside its scoring
+                             "timings": {"seconds": round((time.perf_counter() - t0) / len(samples), 3)},
                              **({"attempts": s.attempts, "rejected": s.rejected} if hasattr(s, "attempts") else {}),
                              stamps.KEY: expected[cid]}
                             for i, s in enumerate(samples, start)]
