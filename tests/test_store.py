@@ -154,7 +154,27 @@ def test_joint_drops_a_superseded_version_and_a_library_retires_its_adapter(tiny
             assert u1.get("retired") and not u2.get("retired") and "retired" in " ".join(u3["notes"])
 
 
-def test_replay_trains_on_earlier_self_edits(tiny_models, tmp_path, capsys):
+@pytest.fixture
+def trained_on(monkeypatch):
+    """(texts, contexts) that each training run in this process was handed; the engine trains as it would."""
+    from student.engine import StudentEngine
+
+    real, runs = StudentEngine.train_texts, []
+
+    def recording(self, texts, settings, *args, contexts=None, **kwargs):
+        runs.append((list(texts), contexts))
+        return real(self, texts, settings, *args, contexts=contexts, **kwargs)
+
+    monkeypatch.setattr(StudentEngine, "train_texts", recording)
+    return runs
+
+
+def test_replay_trains_on_earlier_self_edits(tiny_models, tmp_path, capsys, trained_on):
+    import random
+
+    from core.seeds import context_seed
+    from pipeline.store.layout import Store
+
     store = tmp_path / "store"
     docs, q, e = write_docs(tmp_path / "docs", ["velmora", "orrin"])
     assert run_cli(update_args(store, docs, q, e, tiny_models["llama"], "replay"), capsys)[0] == 0
@@ -165,6 +185,59 @@ def test_replay_trains_on_earlier_self_edits(tiny_models, tmp_path, capsys):
     first, u = load_state(store)["updates"]
     new = u["sequences"] - u["replayed"]
     assert new == 3 and u["replayed"] == 2 < first["sequences"]  # half as many replayed as new, from the 6 earlier
+    # nll: no passages handed over (its checkpoints' fingerprints are as before), and the replayed sequences are
+    # drawn from the earlier texts as they always were, so an nll store trains as it did before passages were kept.
+    (_, none), (texts, contexts) = trained_on
+    s = Store(store)
+    pool = [t for k, v in s.state().active().items() if v.update == 1 for t in s.read_document(k).training_texts]
+    assert none is None and contexts is None and len(pool) == 6
+    assert texts[new:] == random.Random(context_seed(0, "replay", 2)).sample(pool, 2)
+
+
+def test_a_distilling_replay_store_trains_each_text_with_its_passage(tiny_models, tmp_path, capsys, trained_on):
+    """student.train.objective=context_distill: new and replayed texts each distil from the passage they were
+    written for, which the store keeps beside them; a record of an earlier version (none kept) gives its document's
+    own, and one that lacks even its text is refused in one line."""
+    from pipeline.store.layout import Store
+
+    store = Store(tmp_path / "store")
+
+    def update(*names, changed=()):
+        docs, q, e = write_docs(tmp_path / "docs", names, changed=changed)
+        return run_cli(update_args(store.path, docs, q, e, tiny_models["llama"], "replay")
+                       + ["--set", "student.train.objective=context_distill"], capsys)
+
+    def records():
+        return [(store.document_file(k), store.read_document(k)) for k in store.state().active()]
+
+    def strip(*keys):  # as an earlier seal-tt wrote the records
+        for path, _ in records():
+            data = json.loads(path.read_text())
+            path.write_text(json.dumps({k: v for k, v in data.items() if k not in keys}))
+
+    assert update("velmora", "orrin")[0] == 0
+    code, _, err = update("velmora", "orrin", "kaldor")
+    assert code == 0, err
+    passage = {}  # each training text -> the passage of its document (titled, as the open-book prompt shows it)
+    for _, doc in records():
+        assert doc.training_contexts() == [f"{doc.title}\n{doc.text}"] * len(doc.training_texts)
+        passage.update((t, f"{doc.title}\n{doc.text}") for t in doc.training_texts)
+    u = load_state(store.path)["updates"][-1]
+    (_, first), (texts, contexts) = trained_on
+    assert first is not None and u["replayed"] == 3 and len(set(contexts)) == 3  # kaldor's and two earlier ones
+    assert contexts == [passage[t] for t in texts]
+
+    strip("contexts", "context_of")
+    code, _, err = update("velmora", "orrin", "kaldor", changed=["velmora"])
+    assert code == 0, err
+    texts, contexts = trained_on[-1]
+    assert contexts[3:] == [passage[t] for t in texts[3:]]  # the replayed ones: their stored document's passage
+
+    strip("contexts", "context_of", "text")
+    code, _, err = update("velmora", "orrin", "kaldor", changed=["velmora", "kaldor"])
+    (line,) = [x for x in err.splitlines() if "context_distill" in x]
+    assert code == 2 and "earlier seal-tt without the passages" in line and "new --store" in line
+    assert len(load_state(store.path)["updates"]) == 3
 
 
 def test_each_strategy_end_to_end_and_ask(tiny_models, tmp_path, capsys):

@@ -89,6 +89,25 @@ def test_a_state_written_now_reads_back_equal_and_the_other_records_too():
     assert job.to_json() == old_job and job.self_edits_by is None
 
 
+def test_a_document_keeps_the_passage_of_each_training_text_and_an_earlier_record_derives_it():
+    from pipeline.store.update import training_pairs
+
+    doc = StoredDocument(key="a@1", id="a", title="A", text="t", training_texts=["x", "y", "z"])
+    data = json.loads(_text(doc.with_contexts(["A\np0", "A\np1", "A\np0"]).to_json()))
+    assert data["contexts"] == ["A\np0", "A\np1"] and data["context_of"] == [0, 1, 0]  # each passage once
+    back = StoredDocument.from_json(data)
+    assert back.to_json() == data and back.training_contexts() == ["A\np0", "A\np1", "A\np0"]
+    assert training_pairs(back) == [("x", "A\np0"), ("y", "A\np1"), ("z", "A\np0")]
+    # A record of an earlier version holds no passages: its texts get its document's own, as distill_context gives it.
+    old = {"key": "a@1", "id": "a", "title": "A", "text": "t", "hash": "h", "self_edits": [], "training_texts": ["x"],
+           "probes": [], "probe_source": None}
+    assert training_pairs(StoredDocument.from_json(old)) == [("x", "A\nt")]
+    assert training_pairs(StoredDocument.from_json({**old, "title": ""})) == [("x", "t")]
+    for lacking in ("title", "text"):  # nothing to derive it from
+        assert training_pairs(StoredDocument.from_json({k: v for k, v in old.items() if k != lacking})) == [("x", None)]
+    assert StoredDocument.from_json(old).to_json() == old
+
+
 def test_a_store_of_the_earlier_version_opens_and_its_state_is_written_back_unchanged(tmp_path):
     from pipeline.store.layout import Store
     from pipeline.store.metrics import store_metrics

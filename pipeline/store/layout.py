@@ -4,7 +4,8 @@
       store.json          what the store is: format, version, the settings fixed at creation (student, strategy, ...)
       state.json          the committed state: documents (versions, probes, which update holds them), the updates,
                           the score matrix; replaced in one rename at the end of each update (the commit point)
-      documents/<hash>.json   each absorbed document version: id, title, text, probes
+      documents/<hash>.json   each absorbed document version: id, title, text, probes, its training texts and the
+                              passages they were written for
       updates/NNNN/       one committed update: update.json (its report), edits.jsonl (the self-edits it absorbed),
                           adapter/ (its LoRA, safetensors), report.md
       .pending/           the update in progress: job.json (its documents, and what writes each one's self-edits),

@@ -72,6 +72,10 @@ class Record:
         order = [k for k in self._order if k in out] + [k for k in out if k not in self._order]
         return {k: out[k] for k in order}
 
+    def has(self, name: str) -> bool:
+        """Whether the JSON this record was read from held `name` (a record made here holds every field)."""
+        return name not in self._absent
+
     def copy(self):
         import copy
 
@@ -231,7 +235,7 @@ class Manifest(Record):
 
 @dataclass
 class StoredDocument(Record):
-    """`documents/<hash>.json`: one absorbed document version, its self-edits and its probes."""
+    """`documents/<hash>.json`: one absorbed document version, its self-edits, training texts and probes."""
 
     key: str = ""
     id: str = ""
@@ -242,6 +246,26 @@ class StoredDocument(Record):
     training_texts: list[str] = field(default_factory=list)
     probes: list[dict] = field(default_factory=list)  # {"question", "answers"}
     probe_source: str | None = None
+    # The passages the training texts were written for (what student.train.objective=context_distill puts in the
+    # prompt of the student it distils from), each once, since a document's texts mostly share one; `context_of[i]`
+    # indexes training_texts[i]'s. A record of an earlier version has neither.
+    contexts: list[str] | None = None
+    context_of: list[int] | None = None
+
+    OPTIONAL: ClassVar = ("contexts", "context_of")
+
+    def with_contexts(self, contexts: list[str]) -> StoredDocument:
+        """This record, with `contexts[i]` recorded as the passage training_texts[i] was written for."""
+        index: dict[str, int] = {}
+        self.context_of = [index.setdefault(c, len(index)) for c in contexts]
+        self.contexts = list(index)
+        return self
+
+    def training_contexts(self) -> list[str] | None:
+        """The passage of each training text, as recorded (None when the record holds none for these texts)."""
+        if self.contexts is None or self.context_of is None or len(self.context_of) != len(self.training_texts):
+            return None
+        return [self.contexts[i] for i in self.context_of]
 
 
 @dataclass

@@ -46,9 +46,10 @@ class Strategy:
         return StoreStudent(engine, self, eval_settings)
 
     # ------------------------------------------------------------------------------- what an update trains
-    def training_set(self, new: list[str], earlier: Callable[[], list[str]], replay, seed: int) -> tuple[list[str], int]:
+    def training_set(self, new: list, earlier: Callable[[], list], replay, seed: int) -> tuple[list, int]:
         """The update's training sequences from the new documents' (`new`) and, when the strategy trains on them,
-        the current earlier documents' (`earlier()`); and how many of them are earlier ones."""
+        the current earlier documents' (`earlier()`); and how many of them are earlier ones. A sequence is whatever
+        the caller passes (the update: a (text, passage) pair), so that a passage travels with its text."""
         return list(new), 0
 
     # -------------------------------------------------------------------------- how the student is assembled

@@ -30,7 +30,7 @@ from core.errors import UserError
 from core.progress import say
 from core.rundir import atomic_write_json, atomic_write_text
 from core.seeds import context_seed
-from pipeline.documents import Question
+from pipeline.documents import Document, Question
 from pipeline.store import scores
 from pipeline.store.config import StoreConfig
 from pipeline.store.layout import Store, StoreBusy, now
@@ -149,7 +149,7 @@ class StoreUpdate:
         t = training_sequences(self.docs, self.records, text_plan, self_edit=config.self_edit,
                                max_length=config.student.train.max_length,
                                num_samples=config.teacher.generation.num_samples, edits_file=config.edits.file)
-        self.texts_by_doc, self.split = t.texts, t.split
+        self.texts_by_doc, self.contexts_by_doc, self.split = t.texts, t.contexts, t.split
 
     # ------------------------------------------------------------------------------------------- 3. train
     def train(self) -> None:
@@ -162,17 +162,21 @@ class StoreUpdate:
         config, number = self.config, self.number
         with self.timed("train_seconds"):
             seed = context_seed(config.seed, "update", number)
-            new = [t for d in self.docs for t in self.texts_by_doc[d.id]]
-            self.texts, self.replayed = self.strategy.training_set(
-                new, self._earlier_texts, config.replay, context_seed(config.seed, "replay", number))
+            new = [p for d in self.docs for p in zip(self.texts_by_doc[d.id], self.contexts_by_doc[d.id])]
+            pairs, self.replayed = self.strategy.training_set(
+                new, self._earlier_pairs, config.replay, context_seed(config.seed, "replay", number))
+            self.texts = [t for t, _ in pairs]
             tr = config.student.train
+            # Only a distilling update hands the passages over: an nll checkpoint's fingerprint stays as it was.
+            contexts = [c for _, c in pairs] if tr.objective == "context_distill" else None
             ckpt = TrainCheckpoint(self.store.pending / "train_checkpoint", every_seconds=60 * tr.checkpoint_minutes,
                                    every_steps=tr.checkpoint_steps)
             say(f"store: update {number}: training on {len(self.texts)} sequences ({len(self.texts) - self.replayed} "
                 f"new" + (f", {self.replayed} replayed" if self.replayed else "") + f"), strategy {config.strategy}")
             self.strategy.before_training(self.student)
             self.engine.reset(seed=seed)
-            self.stats = self.engine.train_texts(self.texts, tr, seed=seed, progress=self.progress, checkpoint=ckpt)
+            self.stats = self.engine.train_texts(self.texts, tr, seed=seed, contexts=contexts, progress=self.progress,
+                                                 checkpoint=ckpt)
             self.trained = self.engine.adapter_state()
 
     def _load_student(self) -> None:
@@ -203,10 +207,22 @@ class StoreUpdate:
                     **scores.items(unknown, self.student.score(unknown))}
         s.before_new = scores.items(s.new_probes, self.student.score(s.new_probes))
 
-    def _earlier_texts(self) -> list[str]:
-        """The training sequences of the current earlier documents (what joint and replay train on again)."""
-        return [t for k in self.state.active() if k not in self.superseded
-                for t in self.store.read_document(k).training_texts]
+    def _earlier_pairs(self) -> list[tuple[str, str | None]]:
+        """(text, passage) of each training sequence of the current earlier documents (what joint and replay train on
+        again). A distilling update refuses a document whose passages cannot be known."""
+        out = []
+        for k in self.state.active():
+            if k in self.superseded:
+                continue
+            pairs = training_pairs(self.store.read_document(k))
+            if self.config.student.train.objective == "context_distill" and any(c is None for _, c in pairs):
+                raise UserError(
+                    f"store {self.store.path}: document {k!r} was stored by an earlier seal-tt without the passages "
+                    "of its training texts, nor the title and text to derive them from, so "
+                    "student.train.objective=context_distill cannot train on it again; absorb the folder into a new "
+                    "--store")
+            out += pairs
+        return out
 
     # ---------------------------------------------------------------------------------------- 4. evaluate
     def evaluate(self) -> None:
@@ -296,7 +312,8 @@ class StoreUpdate:
             self.store.write_document(StoredDocument(
                 key=a.key, id=doc.id, title=doc.title, text=doc.text, hash=a.digest,
                 self_edits=by_doc.get(doc.id, []), training_texts=self.texts_by_doc[doc.id],
-                probes=[{"question": q.question, "answers": list(q.answers)} for q in qs], probe_source=source))
+                probes=[{"question": q.question, "answers": list(q.answers)} for q in qs], probe_source=source,
+            ).with_contexts(self.contexts_by_doc[doc.id]))
             version = Version(key=a.key, hash=a.digest, update=self.number, order=order, added=now(),
                               probes=len(qs), probe_source=source)
             history = state.documents.setdefault(doc.id, DocumentHistory())
@@ -309,3 +326,14 @@ class StoreUpdate:
             history.versions.append(version)
         return notes + self.strategy.retire(state)
 
+
+def training_pairs(doc: StoredDocument) -> list[tuple[str, str | None]]:
+    """(text, passage) of each training sequence of a stored document version. A record of an earlier version keeps
+    no passages: its texts get the stored document's own (what a document absorbed whole distils from), or None
+    when the record lacks its title or text."""
+    from pipeline.tasks.knowledge import distill_context
+
+    contexts = doc.training_contexts()
+    if contexts is None and doc.has("title") and doc.has("text") and doc.text:
+        contexts = [distill_context(Document(doc.id, doc.title, doc.text))] * len(doc.training_texts)
+    return list(zip(doc.training_texts, contexts or [None] * len(doc.training_texts)))
