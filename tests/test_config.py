@@ -17,7 +17,7 @@ SHIPPED = {
     "adapt_arc.yaml": "adapt-student", "arc_fewshot.yaml": "train-teacher",
     "quickstart_cpu.yaml": "adapt-student",
     "knowledge_squad.yaml": "train-teacher", "knowledge_smollm2_cpu.yaml": "train-teacher",
-    "store_quickstart_cpu.yaml": "update",
+    "store_quickstart_cpu.yaml": "update", "teacher_smollm2_cpu.yaml": "train-teacher",
 }
 
 
