@@ -37,8 +37,10 @@ def test_each_training_sequence_keeps_the_passage_it_was_written_for_through_eve
     pieces = got.texts["a"][1:-2]
     assert len(pieces) >= 3 and " ".join(pieces).split() == long.split()
     assert got.texts["a"][0] == "x one" and got.texts["a"][-2:] == [p0.text, p1.text]  # include_passage
-    assert got.contexts["a"] == [p0.text] + [p1.text] * len(pieces) + [p0.text, p1.text]
-    assert got.texts["b"] == ["z", b.text] and got.contexts["b"] == [b.text, b.text]
+    # The passage as the open-book prompt shows it: titled.
+    c0, c1, cb = "A\nFirst part.", "A\nSecond part.", "B\nBee text."
+    assert got.contexts["a"] == [c0] + [c1] * len(pieces) + [c0, c1]
+    assert got.texts["b"] == ["z", b.text] and got.contexts["b"] == [cb, cb]
     texts, contexts = got.joined([a, b])
     assert texts == got.texts["a"] + got.texts["b"] and contexts == got.contexts["a"] + got.contexts["b"]
 
@@ -74,15 +76,16 @@ def test_context_distill_absorbs_with_each_text_s_passage(tiny_models, data, tmp
     code, _, err = run_cli(_args(tiny_models, data, out, *(["--per-document"] if per_document else [])), capsys)
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
-    texts = {d["id"]: d["text"] for d in DOCS}
+    passages = [f"{d['title']}\n{d['text']}" for d in DOCS]  # titled, as the open-book prompt shows them
+    texts = dict(zip([d["id"] for d in DOCS], passages))
     if per_document:  # one adapter per document, distilled from its own text alone
         assert len(distilled) == len(DOCS)
-        for (seqs, contexts), doc in zip(distilled, DOCS):
-            assert contexts == [doc["text"]] * len(seqs)
+        for (seqs, contexts), passage in zip(distilled, passages):
+            assert contexts == [passage] * len(seqs)
     else:  # one adapter, every sequence beside the text of its document (given self-edits: the whole document)
         ((seqs, contexts),) = distilled
         assert len(contexts) == len(seqs) == report["training_sequences"]
-        order = [next(i for i, d in enumerate(DOCS) if d["text"] == c) for c in contexts]
+        order = [passages.index(c) for c in contexts]
         assert set(contexts) == set(texts.values()) and order == sorted(order)
     assert all(t["steps"] > 0 for t in report["training"])
 
