@@ -72,6 +72,46 @@ def rows(records: list[dict], pool: str, setting: str, reference: str = "passage
     return sorted(out, key=lambda r: order.index(r["condition"]) if r["condition"] in order else len(order))
 
 
+def across_settings(records: list[dict], pool: str) -> list[dict]:
+    """Stages 2 and 3: each (setting, form) outside the paper's inner loop against the paper's inner loop on the same
+    form and against passage-only, on the passages all three share, with its share of the ceiling."""
+    from pipeline.stats import paired_bootstrap, ratio_bootstrap
+
+    def scores(setting, cond):
+        return {r["passage"]: sum(q["score"] for q in r["questions"]) / len(r["questions"]) for r in records
+                if r["pool"] == pool and r["setting"] == setting and r["condition"] == cond and r["seed"] == 0}
+
+    passage, ceiling = scores("paper", "passage"), scores("paper", "open")
+    out = []
+    for setting, cond in sorted({(r["setting"], r["condition"]) for r in records
+                                 if r["pool"] == pool and r["setting"] != "paper"}):
+        ps, paper = scores(setting, cond), scores("paper", cond)
+        common = sorted(set(ps) & set(paper) & set(passage) & set(ceiling))
+        if not common:
+            continue
+        mean = [ps[i] for i in common]
+        secs = sorted(r["seconds"] for r in records if r["pool"] == pool and r["setting"] == setting
+                      and r["condition"] == cond)
+        out.append({"setting": setting, "condition": cond, "passages": len(common), "score": sum(mean) / len(mean),
+                    "paper_score": sum(paper[i] for i in common) / len(common),
+                    "vs_paper": paired_bootstrap(mean, [paper[i] for i in common]),
+                    "vs_passage": paired_bootstrap(mean, [passage[i] for i in common]),
+                    "ceiling_ratio": ratio_bootstrap(mean, [ceiling[i] for i in common]),
+                    "median_seconds": secs[len(secs) // 2]})
+    return out
+
+
+def markdown_across(table: list[dict], title: str) -> str:
+    lines = [f"**{title}**", "",
+             "| form | setting | passages | score | same form, paper's inner loop | vs it | vs passage only | "
+             "ceiling ratio | median s |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {LABELS.get(r['condition'], r['condition'])} | {r['setting']} | {r['passages']} | "
+                     f"{r['score']:.3f} | {r['paper_score']:.3f} | {_ci(r['vs_paper'])} | {_ci(r['vs_passage'])} | "
+                     f"{_share(r['ceiling_ratio'])} | {r['median_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def _ci(d: dict | None) -> str:
     if not d or d.get("mean") is None:
         return "—"
@@ -108,6 +148,11 @@ def report(runs: list[Path], out: Path | None, grader: str = "contains") -> str:
             if t:
                 tables[f"{pool}/{setting}"] = t
                 parts.append(markdown(t, f"{pool}, inner loop {setting}, graded by {grader}"))
+        t = across_settings(records, pool)
+        if t:
+            tables[f"{pool}/across_settings"] = t
+            parts.append(markdown_across(t, f"{pool}, absorption and inner loop against the paper's, graded by "
+                                            f"{grader}"))
     text = "\n\n".join(parts)
     print(text)
     if out is not None:
