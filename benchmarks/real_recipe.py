@@ -29,6 +29,8 @@ Plans:
     python benchmarks/real_recipe.py run --run runs/recipe_forms --plan forms --shard auto   # one process per core
     python benchmarks/real_recipe.py run --run runs/recipe_forms --plan forms --shard auto
     python benchmarks/real_recipe.py report --run runs/recipe_forms --out benchmarks/results/real_recipe
+    python benchmarks/real_recipe.py choose --run runs/recipe_forms --incumbent paper/rewrite \
+        --candidates distill/rewrite distill-0.5/rewrite paper/long distill/long distill-0.5/long   # stage 2's choice
 
 Each job is one line of a `records*.jsonl`, appended when done; a rerun skips what is there. `--shard auto` workers
 share a plan: each takes the next job whose lock (`claims/`) no one holds, and writes its own records file; `--shard
@@ -398,6 +400,17 @@ def _claim(run: Path, job: Job):
 # --------------------------------------------------------------------------------------------- reporting
 
 
+def cmd_choose(args) -> None:
+    """Apply the selection rule (recipe_report.choose) to a stage: `--incumbent paper/rewrite --candidates
+    distill/rewrite distill-0.5/rewrite paper/long ...`."""
+    from recipe_report import choose, grade, load
+
+    records = load([Path(r) for r in args.run])
+    grade(records, args.grader)
+    result = choose(records, "alt0", tuple(args.incumbent.split("/")), [tuple(c.split("/")) for c in args.candidates])
+    print(json.dumps(result, indent=1))
+
+
 def cmd_report(args) -> None:
     from recipe_report import report
 
@@ -420,6 +433,12 @@ def main(argv=None) -> None:
     q.add_argument("--out", default=None)
     q.add_argument("--grader", default="contains")
     q.set_defaults(fn=cmd_report)
+    c = sub.add_parser("choose", help="the selection rule: does the best candidate beat the incumbent?")
+    c.add_argument("--run", required=True, nargs="+")
+    c.add_argument("--grader", default="contains_numeric")
+    c.add_argument("--incumbent", required=True, help="setting/form, e.g. paper/rewrite")
+    c.add_argument("--candidates", required=True, nargs="+")
+    c.set_defaults(fn=cmd_choose)
     args = p.parse_args(argv)
     args.fn(args)
 

@@ -112,6 +112,28 @@ def markdown_across(table: list[dict], title: str) -> str:
     return "\n".join(lines)
 
 
+def choose(records: list[dict], pool: str, incumbent: tuple[str, str], candidates: list[tuple[str, str]]) -> dict:
+    """The selection rule, fixed before stage 2 finished: on the passages every candidate shares, the (setting,
+    form) with the best mean score replaces the incumbent (the simpler recipe so far) only when its paired 95%
+    interval against the incumbent lies above 0; otherwise the incumbent stays. A change must earn its place."""
+    from pipeline.stats import paired_bootstrap
+
+    def scores(setting, cond):
+        return {r["passage"]: sum(q["score"] for q in r["questions"]) / len(r["questions"]) for r in records
+                if r["pool"] == pool and r["setting"] == setting and r["condition"] == cond and r["seed"] == 0}
+
+    table = {c: scores(*c) for c in [incumbent, *candidates]}
+    common = sorted(set.intersection(*(set(v) for v in table.values())))
+    if not common:
+        raise SystemExit("no passage has every candidate yet")
+    mean = {c: sum(v[i] for i in common) / len(common) for c, v in table.items()}
+    best = max(candidates, key=lambda c: mean[c])
+    vs = paired_bootstrap([table[best][i] for i in common], [table[incumbent][i] for i in common])
+    chosen = best if mean[best] > mean[incumbent] and vs["low"] > 0 else incumbent
+    return {"passages": len(common), "means": {f"{s}/{c}": round(m, 4) for (s, c), m in mean.items()},
+            "best_candidate": "/".join(best), "best_vs_incumbent": vs, "chosen": "/".join(chosen)}
+
+
 def _ci(d: dict | None) -> str:
     if not d or d.get("mean") is None:
         return "—"
