@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 GRADERS = ("contains", "token_f1", "exact_match")
@@ -72,15 +73,23 @@ def rows(records: list[dict], pool: str, setting: str, reference: str = "passage
     return sorted(out, key=lambda r: order.index(r["condition"]) if r["condition"] in order else len(order))
 
 
+def passage_scores(records: list[dict], pool: str, setting: str, cond: str) -> dict[int, float]:
+    """passage -> mean question score of one (setting, condition), seed 0."""
+    return {r["passage"]: sum(q["score"] for q in r["questions"]) / len(r["questions"]) for r in records
+            if r["pool"] == pool and r["setting"] == setting and r["condition"] == cond and r["seed"] == 0}
+
+
+def _md_table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 def across_settings(records: list[dict], pool: str) -> list[dict]:
     """Stages 2 and 3: each (setting, form) outside the paper's inner loop against the paper's inner loop on the same
     form and against passage-only, on the passages all three share, with its share of the ceiling."""
     from pipeline.stats import paired_bootstrap, ratio_bootstrap
 
-    def scores(setting, cond):
-        return {r["passage"]: sum(q["score"] for q in r["questions"]) / len(r["questions"]) for r in records
-                if r["pool"] == pool and r["setting"] == setting and r["condition"] == cond and r["seed"] == 0}
-
+    scores = partial(passage_scores, records, pool)
     passage, ceiling = scores("paper", "passage"), scores("paper", "open")
     out = []
     for setting, cond in sorted({(r["setting"], r["condition"]) for r in records
@@ -102,14 +111,12 @@ def across_settings(records: list[dict], pool: str) -> list[dict]:
 
 
 def markdown_across(table: list[dict], title: str) -> str:
-    lines = [f"**{title}**", "",
-             "| form | setting | passages | score | same form, paper's inner loop | vs it | vs passage only | "
-             "ceiling ratio | median s |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in table:
-        lines.append(f"| {LABELS.get(r['condition'], r['condition'])} | {r['setting']} | {r['passages']} | "
-                     f"{r['score']:.3f} | {r['paper_score']:.3f} | {_ci(r['vs_paper'])} | {_ci(r['vs_passage'])} | "
-                     f"{_share(r['ceiling_ratio'])} | {r['median_seconds']:.0f} |")
-    return "\n".join(lines)
+    header = ["form", "setting", "passages", "score", "same form, paper's inner loop", "vs it", "vs passage only",
+              "ceiling ratio", "median s"]
+    return _md_table(title, header, [
+        [LABELS.get(r["condition"], r["condition"]), r["setting"], str(r["passages"]), f"{r['score']:.3f}",
+         f"{r['paper_score']:.3f}", _ci(r["vs_paper"]), _ci(r["vs_passage"]), _share(r["ceiling_ratio"]),
+         f"{r['median_seconds']:.0f}"] for r in table])
 
 
 def choose(records: list[dict], pool: str, incumbent: tuple[str, str], candidates: list[tuple[str, str]]) -> dict:
@@ -118,10 +125,7 @@ def choose(records: list[dict], pool: str, incumbent: tuple[str, str], candidate
     interval against the incumbent lies above 0; otherwise the incumbent stays. A change must earn its place."""
     from pipeline.stats import paired_bootstrap
 
-    def scores(setting, cond):
-        return {r["passage"]: sum(q["score"] for q in r["questions"]) / len(r["questions"]) for r in records
-                if r["pool"] == pool and r["setting"] == setting and r["condition"] == cond and r["seed"] == 0}
-
+    scores = partial(passage_scores, records, pool)
     table = {c: scores(*c) for c in [incumbent, *candidates]}
     common = sorted(set.intersection(*(set(v) for v in table.values())))
     if not common:
@@ -147,14 +151,12 @@ def _share(d: dict | None) -> str:
 
 
 def markdown(table: list[dict], title: str) -> str:
-    lines = [f"**{title}**", "",
-             "| condition | passages | questions | score | vs passage only | ceiling ratio | kept share | "
-             "median s | preamble-only replies |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in table:
-        lines.append(f"| {LABELS.get(r['condition'], r['condition'])} | {r['passages']} | {r['questions']} | "
-                     f"{r['score']:.3f} | {_ci(r.get('vs_passage'))} | {_share(r.get('ceiling_ratio'))} | "
-                     f"{_share(r.get('kept_share'))} | {r['median_seconds']:.0f} | {r['preamble_only']} |")
-    return "\n".join(lines)
+    header = ["condition", "passages", "questions", "score", "vs passage only", "ceiling ratio", "kept share",
+              "median s", "preamble-only replies"]
+    return _md_table(title, header, [
+        [LABELS.get(r["condition"], r["condition"]), str(r["passages"]), str(r["questions"]), f"{r['score']:.3f}",
+         _ci(r.get("vs_passage")), _share(r.get("ceiling_ratio")), _share(r.get("kept_share")),
+         f"{r['median_seconds']:.0f}", str(r["preamble_only"])] for r in table])
 
 
 def report(runs: list[Path], out: Path | None, grader: str = "contains") -> str:
