@@ -47,6 +47,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -112,6 +113,7 @@ RECIPE_CONFIG = ROOT / "configs/knowledge_smollm2_recipe.yaml"
 PROMPT_FORM = {"implications": "implications", "rewrite": "rewrite", "long_implications": "long", "self_qa": "self_qa"}
 
 
+@functools.cache
 def recipe() -> tuple[str, Setting]:
     """The frozen recipe: (form, inner loop), read from the shipped config, so the evaluation runs what ships."""
     from core.config import load_config
