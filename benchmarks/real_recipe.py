@@ -416,7 +416,9 @@ def cmd_choose(args) -> None:
 def cmd_report(args) -> None:
     from recipe_report import report
 
-    report([Path(r) for r in args.run], Path(args.out) if args.out else None, args.grader)
+    data = Data()
+    report([Path(r) for r in args.run], Path(args.out) if args.out else None, args.grader,
+           passage_text=lambda pool, i: data.pools[pool][i]["context"])
 
 
 def main(argv=None) -> None:

@@ -13,6 +13,7 @@ LABELS = {
     "none": "no adaptation", "open": "open book (the ceiling)", "passage": "passage only",
     "implications": "implications (7B base)", "rewrite": "rewrite (7B base)", "long": "long implications (7B base)",
     "self_qa": "self-QA (7B base)", "rl1": "implications after 1 RL round (7B)",
+    "recipe: rewrite": "the frozen recipe: rewrite (7B base)",
 }
 
 
@@ -26,6 +27,27 @@ def grade(records: list[dict], grader: str) -> None:
         if qs:
             for q, s in zip(qs, fn([q["pred"] for q in qs], [q["gold"] for q in qs])):
                 q["score"] = s
+
+
+def copied(reply: str, passage: str, n: int = 8) -> float:
+    """The share of a reply's words that sit in a run of `n` words found verbatim in the passage."""
+    words, source = reply.lower().split(), passage.lower().split()
+    grams = {tuple(source[i:i + n]) for i in range(len(source) - n + 1)}
+    covered = [False] * len(words)
+    for i in range(len(words) - n + 1):
+        if tuple(words[i:i + n]) in grams:
+            covered[i:i + n] = [True] * n
+    return sum(covered) / len(words) if words else 0.0
+
+
+def mark_recited(records: list[dict], passage_text) -> None:
+    """Marks each reply that is mostly the passage copied out (`copied` >= 0.5): an adapted student that answers by
+    reciting its passage is graded right whenever the answer falls in the recited span, so the tables say how many
+    right replies were recitations, beside open book's own share. `passage_text(pool, index)` gives the passage."""
+    for r in records:
+        text = passage_text(r["pool"], r["passage"])
+        for q in r["questions"]:
+            q["recited"] = copied(q["pred"], text) >= 0.5
 
 
 def load(runs: list[Path]) -> list[dict]:
@@ -66,11 +88,24 @@ def rows(records: list[dict], pool: str, setting: str, reference: str = "passage
         secs = sorted(r["seconds"] for r in records if r["pool"] == pool and r["setting"] == setting
                       and r["condition"] == cond)
         row["median_seconds"] = secs[len(secs) // 2]
+        right = [q for r in records if r["pool"] == pool and r["setting"] == setting and r["condition"] == cond
+                 and r["passage"] in common for q in r["questions"] if q["score"] >= 0.5]
+        if right and "recited" in right[0]:
+            row["right_recited"] = sum(q["recited"] for q in right) / len(right)
         row["preamble_only"] = sum(q.get("preamble_only", False) for r in records if r["pool"] == pool
                                    and r["setting"] == setting and r["condition"] == cond for q in r["questions"])
         out.append(row)
     order = list(LABELS)
     return sorted(out, key=lambda r: order.index(r["condition"]) if r["condition"] in order else len(order))
+
+
+def as_paper_rows(records: list[dict], pool: str) -> list[dict]:
+    """A setting run on a form the paper's inner loop did not run in this pool (the frozen recipe in the evaluation)
+    becomes a row of the paper table, condition "<setting>: <form>", paired with the same passage-only and
+    open-book answers; stages 2 and 3, whose forms the paper's loop also ran, are compared in across_settings."""
+    paper = {r["condition"] for r in records if r["pool"] == pool and r["setting"] == "paper"}
+    return [dict(r, setting="paper", condition=f"{r['setting']}: {r['condition']}") for r in records
+            if r["pool"] == pool and r["setting"] != "paper" and r["condition"] not in paper]
 
 
 def passage_scores(records: list[dict], pool: str, setting: str, cond: str) -> dict[int, float]:
@@ -101,7 +136,11 @@ def across_settings(records: list[dict], pool: str) -> list[dict]:
         mean = [ps[i] for i in common]
         secs = sorted(r["seconds"] for r in records if r["pool"] == pool and r["setting"] == setting
                       and r["condition"] == cond)
-        out.append({"setting": setting, "condition": cond, "passages": len(common), "score": sum(mean) / len(mean),
+        right = [q for r in records if r["pool"] == pool and r["setting"] == setting and r["condition"] == cond
+                 and r["seed"] == 0 and r["passage"] in common for q in r["questions"] if q["score"] >= 0.5]
+        out.append({**({"right_recited": sum(q["recited"] for q in right) / len(right)}
+                       if right and "recited" in right[0] else {}),
+                    "setting": setting, "condition": cond, "passages": len(common), "score": sum(mean) / len(mean),
                     "paper_score": sum(paper[i] for i in common) / len(common),
                     "vs_paper": paired_bootstrap(mean, [paper[i] for i in common]),
                     "vs_passage": paired_bootstrap(mean, [passage[i] for i in common]),
@@ -112,11 +151,11 @@ def across_settings(records: list[dict], pool: str) -> list[dict]:
 
 def markdown_across(table: list[dict], title: str) -> str:
     header = ["form", "setting", "passages", "score", "same form, paper's inner loop", "vs it", "vs passage only",
-              "ceiling ratio", "median s"]
+              "ceiling ratio", "median s", "right replies recited"]
     return _md_table(title, header, [
         [LABELS.get(r["condition"], r["condition"]), r["setting"], str(r["passages"]), f"{r['score']:.3f}",
          f"{r['paper_score']:.3f}", _ci(r["vs_paper"]), _ci(r["vs_passage"]), _share(r["ceiling_ratio"]),
-         f"{r['median_seconds']:.0f}"] for r in table])
+         f"{r['median_seconds']:.0f}", f"{r['right_recited']:.2f}" if "right_recited" in r else "—"] for r in table])
 
 
 def choose(records: list[dict], pool: str, incumbent: tuple[str, str], candidates: list[tuple[str, str]]) -> dict:
@@ -152,23 +191,27 @@ def _share(d: dict | None) -> str:
 
 def markdown(table: list[dict], title: str) -> str:
     header = ["condition", "passages", "questions", "score", "vs passage only", "ceiling ratio", "kept share",
-              "median s", "preamble-only replies"]
+              "median s", "preamble-only replies", "right replies recited"]
     return _md_table(title, header, [
         [LABELS.get(r["condition"], r["condition"]), str(r["passages"]), str(r["questions"]), f"{r['score']:.3f}",
          _ci(r.get("vs_passage")), _share(r.get("ceiling_ratio")), _share(r.get("kept_share")),
-         f"{r['median_seconds']:.0f}", str(r["preamble_only"])] for r in table])
+         f"{r['median_seconds']:.0f}", str(r["preamble_only"]),
+         f"{r['right_recited']:.2f}" if "right_recited" in r else "—"] for r in table])
 
 
-def report(runs: list[Path], out: Path | None, grader: str = "contains") -> str:
+def report(runs: list[Path], out: Path | None, grader: str = "contains", passage_text=None) -> str:
     records = load(runs)
     if not records:
         raise SystemExit(f"no records in {runs}")
     grade(records, grader)
+    if passage_text is not None:
+        mark_recited(records, passage_text)
     parts = []
     tables = {}
     for pool in sorted({r["pool"] for r in records}):
+        pool_records = records + as_paper_rows(records, pool)
         for setting in sorted({r["setting"] for r in records if r["pool"] == pool}):
-            t = rows(records, pool, setting)
+            t = rows(pool_records, pool, setting)
             if t:
                 tables[f"{pool}/{setting}"] = t
                 parts.append(markdown(t, f"{pool}, inner loop {setting}, graded by {grader}"))
