@@ -126,6 +126,8 @@ def across_settings(records: list[dict], pool: str) -> list[dict]:
 
     scores = partial(passage_scores, records, pool)
     passage, ceiling = scores("paper", "passage"), scores("paper", "open")
+    qs = {(setting, cond): per_q for setting in {r["setting"] for r in records if r["pool"] == pool}
+          for cond, per_q in by_passage(records, pool, setting).items()}
     out = []
     for setting, cond in sorted({(r["setting"], r["condition"]) for r in records
                                  if r["pool"] == pool and r["setting"] != "paper"}):
@@ -145,17 +147,21 @@ def across_settings(records: list[dict], pool: str) -> list[dict]:
                     "vs_paper": paired_bootstrap(mean, [paper[i] for i in common]),
                     "vs_passage": paired_bootstrap(mean, [passage[i] for i in common]),
                     "ceiling_ratio": ratio_bootstrap(mean, [ceiling[i] for i in common]),
+                    "kept_share": ratio_bootstrap(
+                        [sum(a >= 0.5 and b >= 0.5 for a, b in zip(qs[setting, cond][i], qs["paper", "open"][i]))
+                         for i in common], [sum(b >= 0.5 for b in qs["paper", "open"][i]) for i in common]),
                     "median_seconds": secs[len(secs) // 2]})
     return out
 
 
 def markdown_across(table: list[dict], title: str) -> str:
     header = ["form", "setting", "passages", "score", "same form, paper's inner loop", "vs it", "vs passage only",
-              "ceiling ratio", "median s", "right replies recited"]
+              "ceiling ratio", "kept share", "median s", "right replies recited"]
     return _md_table(title, header, [
         [LABELS.get(r["condition"], r["condition"]), r["setting"], str(r["passages"]), f"{r['score']:.3f}",
          f"{r['paper_score']:.3f}", _ci(r["vs_paper"]), _ci(r["vs_passage"]), _share(r["ceiling_ratio"]),
-         f"{r['median_seconds']:.0f}", f"{r['right_recited']:.2f}" if "right_recited" in r else "—"] for r in table])
+         _share(r["kept_share"]), f"{r['median_seconds']:.0f}",
+         f"{r['right_recited']:.2f}" if "right_recited" in r else "—"] for r in table])
 
 
 def choose(records: list[dict], pool: str, incumbent: tuple[str, str], candidates: list[tuple[str, str]]) -> dict:

@@ -51,3 +51,18 @@ def test_a_reply_copied_from_the_passage_is_marked_recited():
     mark_recited(records, lambda pool, i: passage)
     table = {r["condition"]: r for r in rows(records, "eval", "paper")}
     assert table["rewrite"]["right_recited"] == 0.25
+
+
+def test_a_setting_is_compared_with_the_paper_loop_on_the_same_form_with_its_kept_share():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from recipe_report import across_settings, grade
+
+    records = []
+    for p in range(4):
+        records += [record("paper", "passage", p, [0, 0]), record("paper", "open", p, [1, 0]),
+                    record("paper", "rewrite", p, [0, 0]), record("paper+all", "rewrite", p, [p % 2, 1])]
+    grade(records, "contains")
+    (row,) = across_settings(records, "eval")
+    assert (row["setting"], row["passages"], row["score"], row["paper_score"]) == ("paper+all", 4, 0.75, 0.0)
+    # Right open book: the first question of each passage; right closed book on it: passages 1 and 3.
+    assert row["kept_share"]["mean"] == 0.5 and row["vs_paper"]["low"] > 0
