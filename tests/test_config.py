@@ -18,7 +18,7 @@ SHIPPED = {
     "quickstart_cpu.yaml": "adapt-student",
     "knowledge_squad.yaml": "train-teacher", "knowledge_smollm2_cpu.yaml": "train-teacher",
     "store_quickstart_cpu.yaml": "update", "teacher_smollm2_cpu.yaml": "train-teacher",
-    "knowledge_smollm2_recipe.yaml": "adapt-student",
+    "knowledge_smollm2_recipe.yaml": "adapt-student", "store_smollm2_cpu.yaml": "update",
 }
 
 

@@ -50,3 +50,14 @@ def test_make_real_runs_the_recipe_and_prints_answers():
     real = (ROOT / "Makefile").read_text().split("\nreal:", 1)[1].split("\n\n", 1)[0]
     assert "configs/knowledge_smollm2_recipe.yaml" in real and "--answers" in real
     assert "pipeline/data/sample_docs.jsonl" in real
+
+
+def test_the_real_models_store_absorbs_with_the_recipe():
+    from pipeline.store.config import StoreConfig
+
+    recipe = load_config(AdaptConfig, RECIPE)
+    store = load_config(StoreConfig, ROOT / "configs/store_smollm2_cpu.yaml")
+    assert store.self_edit == recipe.self_edit
+    assert (store.student.lora, store.student.train) == (recipe.student.lora, recipe.student.train)
+    for field in ("max_new_tokens", "metric", "answer_until", "qa_prompt"):
+        assert getattr(store.student.eval, field) == getattr(recipe.student.eval, field)
