@@ -65,6 +65,25 @@ def by_passage(records: list[dict], pool: str, setting: str, seed: int = 0) -> d
     return out
 
 
+def kept_share(answers: dict[int, list[float]], ceiling: dict[int, list[float]], passages: list[int]) -> dict:
+    """Of the questions answered right open book, the share answered right closed book (pooled; bootstrap over
+    passages)."""
+    from pipeline.stats import ratio_bootstrap
+
+    return ratio_bootstrap([sum(a >= 0.5 and b >= 0.5 for a, b in zip(answers[i], ceiling[i])) for i in passages],
+                           [sum(b >= 0.5 for b in ceiling[i]) for i in passages])
+
+
+def recited_share(records: list[dict], pool: str, setting: str, cond: str, passages: list[int]) -> dict:
+    """{"right_recited": share of right replies that are recitations} on these passages (seed 0), or {} where no
+    reply is right or the replies were not marked (`mark_recited`)."""
+    right = [q for r in records if r["pool"] == pool and r["setting"] == setting and r["condition"] == cond
+             and r["seed"] == 0 and r["passage"] in passages for q in r["questions"] if q["score"] >= 0.5]
+    if not right or "recited" not in right[0]:
+        return {}
+    return {"right_recited": sum(q["recited"] for q in right) / len(right)}
+
+
 def rows(records: list[dict], pool: str, setting: str, reference: str = "passage") -> list[dict]:
     from pipeline.stats import paired_bootstrap, ratio_bootstrap
 
@@ -82,16 +101,11 @@ def rows(records: list[dict], pool: str, setting: str, reference: str = "passage
             row["vs_" + reference] = paired_bootstrap(mean, [sum(ref[i]) / len(ref[i]) for i in common])
         if cond != "open":
             row["ceiling_ratio"] = ratio_bootstrap(mean, [sum(ceiling[i]) / len(ceiling[i]) for i in common])
-            row["kept_share"] = ratio_bootstrap(
-                [sum(a >= 0.5 and b >= 0.5 for a, b in zip(ps[i], ceiling[i])) for i in common],
-                [sum(b >= 0.5 for b in ceiling[i]) for i in common])
+            row["kept_share"] = kept_share(ps, ceiling, common)
         secs = sorted(r["seconds"] for r in records if r["pool"] == pool and r["setting"] == setting
                       and r["condition"] == cond)
         row["median_seconds"] = secs[len(secs) // 2]
-        right = [q for r in records if r["pool"] == pool and r["setting"] == setting and r["condition"] == cond
-                 and r["passage"] in common for q in r["questions"] if q["score"] >= 0.5]
-        if right and "recited" in right[0]:
-            row["right_recited"] = sum(q["recited"] for q in right) / len(right)
+        row.update(recited_share(records, pool, setting, cond, common))
         row["preamble_only"] = sum(q.get("preamble_only", False) for r in records if r["pool"] == pool
                                    and r["setting"] == setting and r["condition"] == cond for q in r["questions"])
         out.append(row)
@@ -138,18 +152,13 @@ def across_settings(records: list[dict], pool: str) -> list[dict]:
         mean = [ps[i] for i in common]
         secs = sorted(r["seconds"] for r in records if r["pool"] == pool and r["setting"] == setting
                       and r["condition"] == cond)
-        right = [q for r in records if r["pool"] == pool and r["setting"] == setting and r["condition"] == cond
-                 and r["seed"] == 0 and r["passage"] in common for q in r["questions"] if q["score"] >= 0.5]
-        out.append({**({"right_recited": sum(q["recited"] for q in right) / len(right)}
-                       if right and "recited" in right[0] else {}),
+        out.append({**recited_share(records, pool, setting, cond, common),
                     "setting": setting, "condition": cond, "passages": len(common), "score": sum(mean) / len(mean),
                     "paper_score": sum(paper[i] for i in common) / len(common),
                     "vs_paper": paired_bootstrap(mean, [paper[i] for i in common]),
                     "vs_passage": paired_bootstrap(mean, [passage[i] for i in common]),
                     "ceiling_ratio": ratio_bootstrap(mean, [ceiling[i] for i in common]),
-                    "kept_share": ratio_bootstrap(
-                        [sum(a >= 0.5 and b >= 0.5 for a, b in zip(qs[setting, cond][i], qs["paper", "open"][i]))
-                         for i in common], [sum(b >= 0.5 for b in qs["paper", "open"][i]) for i in common]),
+                    "kept_share": kept_share(qs[setting, cond], qs["paper", "open"], common),
                     "median_seconds": secs[len(secs) // 2]})
     return out
 

@@ -36,14 +36,18 @@ def test_the_benchmark_evaluates_the_shipped_recipe():
     assert (ev.answer_until, ev.metric, ev.open_book) == ("turn", "contains_numeric", True)
 
 
+def assert_absorbs_like(cfg, recipe):
+    """The same self-edit form, LoRA, training and answer reading as the recipe."""
+    assert cfg.self_edit == recipe.self_edit
+    assert (cfg.student.lora, cfg.student.train) == (recipe.student.lora, recipe.student.train)
+    for field in ("max_new_tokens", "metric", "answer_until", "qa_prompt"):
+        assert getattr(cfg.student.eval, field) == getattr(recipe.student.eval, field)
+
+
 def test_the_real_teacher_trains_for_a_student_that_absorbs_with_the_recipe():
     recipe = load_config(AdaptConfig, RECIPE)
     teacher = load_config(TrainTeacherConfig, ROOT / "configs/teacher_smollm2_cpu.yaml")
-    assert teacher.self_edit == recipe.self_edit
-    assert teacher.student.lora == recipe.student.lora
-    assert teacher.student.train == recipe.student.train
-    for field in ("max_new_tokens", "metric", "answer_until", "qa_prompt"):
-        assert getattr(teacher.student.eval, field) == getattr(recipe.student.eval, field)
+    assert_absorbs_like(teacher, recipe)
 
 
 def test_make_real_runs_the_recipe_and_prints_answers():
@@ -57,7 +61,4 @@ def test_the_real_models_store_absorbs_with_the_recipe():
 
     recipe = load_config(AdaptConfig, RECIPE)
     store = load_config(StoreConfig, ROOT / "configs/store_smollm2_cpu.yaml")
-    assert store.self_edit == recipe.self_edit
-    assert (store.student.lora, store.student.train) == (recipe.student.lora, recipe.student.train)
-    for field in ("max_new_tokens", "metric", "answer_until", "qa_prompt"):
-        assert getattr(store.student.eval, field) == getattr(recipe.student.eval, field)
+    assert_absorbs_like(store, recipe)
