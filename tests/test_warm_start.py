@@ -221,6 +221,7 @@ def test_warm_start_trains_first_is_evaluated_at_round_0_and_resumes(tiny_models
     metrics = _jsonl(out / "metrics.jsonl")
     assert metrics[0]["warm_start"] == {k: m[k] for k in ("pairs", "steps", "first_loss", "last_loss")}
     assert "| warm start | - | - | SFT: 3 pairs" in stdout and "| warm start |" in (out / "summary.md").read_text()
+    _read_by_the_teacher_benchmark(out, data["heldout"].parent)
 
     # a rerun resumes without training again; a changed file is refused unless --force
     mtime = (ws / "m_step.json").stat().st_mtime_ns
@@ -232,6 +233,23 @@ def test_warm_start_trains_first_is_evaluated_at_round_0_and_resumes(tiny_models
     code, _, err = run_cli([*args, "--force"], capsys)
     assert code == 0 and (ws / "m_step.json").stat().st_mtime_ns == mtime, err
     assert json.loads((ws / "data.json").read_text()) == info  # the record of what the teacher was trained on
+
+
+def _read_by_the_teacher_benchmark(run: Path, data: Path) -> None:
+    """benchmarks/teacher_report.py reads this run as runs/teacher/warm: rows (w) and (r1) on both held-out passages,
+    with the teacher's and the student's seconds, and round 1's reward statistics."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from teacher_report import rounds, table, teacher_rows
+
+    (data / "runs").mkdir()
+    (data / "runs/warm").symlink_to(run)
+    rows, seconds = teacher_rows(data / "runs", data)
+    assert set(rows) == {"w", "r1"} and all(set(r) == {0, 1} for r in rows.values())
+    assert all(s["sample_median_s"] is not None and s["absorb_median_s"] > 0 for s in seconds.values())
+    assert "| (r1) after ReST-EM round 1 | 2 |" in table(rows, seconds)
+    assert rounds(data / "runs").splitlines()[2].startswith("| 1 | ")
 
 
 def test_rounds_zero_merged_warm_start_is_the_final_teacher(tiny_models, data, tmp_path, capsys):
