@@ -32,6 +32,9 @@ Plans:
     python benchmarks/real_recipe.py choose --run runs/recipe_forms --incumbent paper/rewrite \
         --candidates distill/rewrite distill-0.5/rewrite paper/long distill/long distill-0.5/long   # stage 2's choice
 
+    python benchmarks/real_recipe.py save --run runs/recipe_eval --as eval      # records into results/real_recipe/raw
+    python benchmarks/real_recipe.py restore --run runs/recipe_eval --as eval   # and back: resume or regrade anywhere
+
 Each job is one line of a `records*.jsonl`, appended when done; a rerun skips what is there. `--shard auto` workers
 share a plan: each takes the next job whose lock (`claims/`) no one holds, and writes its own records file; `--shard
 k/n` splits it by position instead.
@@ -421,6 +424,26 @@ def cmd_report(args) -> None:
            passage_text=lambda pool, i: data.pools[pool][i]["context"])
 
 
+RAW = ROOT / "benchmarks/results/real_recipe/raw"
+
+
+def cmd_save(args) -> None:
+    from raw_records import save
+
+    for name, n in save(Path(args.run), Path(args.raw), args.name).items():
+        print(f"{Path(args.raw) / name}: {n} records")
+
+
+def cmd_restore(args) -> None:
+    from raw_records import restore
+
+    done = restore(Path(args.run), Path(args.raw), args.name)
+    for name, n in done.items():
+        print(f"{Path(args.run) / name}: {n} records")
+    if not done:
+        print(f"{args.run} already holds every saved record")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -443,6 +466,13 @@ def main(argv=None) -> None:
     c.add_argument("--incumbent", required=True, help="setting/form, e.g. paper/rewrite")
     c.add_argument("--candidates", required=True, nargs="+")
     c.set_defaults(fn=cmd_choose)
+    for cmd, fn, what in (("save", cmd_save, "gzip a run's records into the repo's raw folder"),
+                          ("restore", cmd_restore, "write saved records back into a run folder, to resume or regrade")):
+        x = sub.add_parser(cmd, help=what)
+        x.add_argument("--run", required=True)
+        x.add_argument("--as", dest="name", required=True, help="the saved files' prefix, e.g. eval or forms")
+        x.add_argument("--raw", default=str(RAW))
+        x.set_defaults(fn=fn)
     args = p.parse_args(argv)
     args.fn(args)
 

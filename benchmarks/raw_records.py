@@ -1,0 +1,86 @@
+"""A benchmark run's records kept compact in the repo, so its tables can be regraded and its run resumed on a machine
+that never ran it.
+
+`save` writes each `records*.jsonl` of a run folder, gzipped, and its `bench.json` into a raw folder as
+`<name>_records*.jsonl.gz` and `<name>_bench.json`; `restore` writes them back into a run folder. Records are only
+ever appended, so a saved file must be a prefix of the run's (save) and a run's file a prefix of, or equal to, the
+saved one (restore); anything else is refused, so that neither overwrites lines it did not write. A worker may be
+appending as this reads: only whole lines count.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """The complete lines of a records file (a torn last line, being written, is left out)."""
+    lines = data.split(b"\n")
+    return [x + b"\n" for x in lines[:-1] if x.strip()]
+
+
+def _is_prefix(a: list[bytes], b: list[bytes]) -> bool:
+    return b[:len(a)] == a
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(run: Path, raw: Path, name: str) -> dict[str, int]:
+    """Gzip the run's records into `raw`; returns file name -> lines saved."""
+    raw.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for f in sorted(run.glob("records*.jsonl")):
+        lines = _lines(f.read_bytes())
+        dest = raw / f"{name}_{f.name}.gz"
+        if dest.exists():
+            old = _lines(gzip.decompress(dest.read_bytes()))
+            if not _is_prefix(old, lines):
+                raise SystemExit(f"{dest} holds records that {f} does not; not overwritten")
+        _write_bytes(dest, gzip.compress(b"".join(lines), mtime=0))
+        out[dest.name] = len(lines)
+    bench = run / "bench.json"
+    if bench.exists():
+        _write_bytes(raw / f"{name}_bench.json", bench.read_bytes())
+    return out
+
+
+def restore(run: Path, raw: Path, name: str) -> dict[str, int]:
+    """Write the saved records back into `run` where it lacks them; returns file name -> lines restored."""
+    saved = sorted(raw.glob(f"{name}_records*.jsonl.gz"))
+    if not saved:
+        raise SystemExit(f"{raw}: no {name}_records*.jsonl.gz")
+    run.mkdir(parents=True, exist_ok=True)
+    bench = raw / f"{name}_bench.json"
+    if bench.exists():
+        here = run / "bench.json"
+        if here.exists() and json.loads(here.read_text()) != json.loads(bench.read_text()):
+            raise SystemExit(f"{here} differs from {bench}: the run was made with other settings; use another --run")
+        if not here.exists():
+            _write_bytes(here, bench.read_bytes())
+    out = {}
+    for f in saved:
+        lines = _lines(gzip.decompress(f.read_bytes()))
+        dest = run / f.name[len(name) + 1:-len(".gz")]
+        if dest.exists():
+            local = _lines(dest.read_bytes())
+            if _is_prefix(lines, local):
+                continue  # the run already holds every saved line
+            if not _is_prefix(local, lines):
+                raise SystemExit(f"{dest} disagrees with {f}; not overwritten")
+        _write_bytes(dest, b"".join(lines))
+        out[dest.name] = len(lines)
+    return out
