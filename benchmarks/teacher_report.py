@@ -14,28 +14,34 @@ EVAL_ROWS = {"none": "(a) no adaptation", "passage": "(b) passage only", "implic
              "open": "open book (the ceiling)"}
 
 
-def eval_rows(eval_run: Path) -> dict[str, dict[int, float]]:
-    """condition -> evaluation passage -> score (mean over its questions), from the evaluation run's replies."""
+def eval_rows(eval_run: Path) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, list[dict]]]]:
+    """condition -> evaluation passage -> score (mean over its questions), from the evaluation run's replies; and
+    the replies themselves ({question, score, pred} in the passage's question order)."""
     from recipe_report import grade, load
 
     records = [r for r in load([eval_run]) if r["pool"] == "eval"]
     grade(records, GRADER)
     out: dict[str, dict[int, float]] = {}
+    replies: dict[str, dict[int, list[dict]]] = {}
     for r in records:
         cond = "recipe" if r["setting"] == "recipe" else r["condition"]
         qs = r["questions"]
         out.setdefault(cond, {})[r["passage"]] = sum(q["score"] for q in qs) / len(qs)
-    return out
+        replies.setdefault(cond, {})[r["passage"]] = [{"question": q["q"], "score": q["score"], "pred": q["pred"]}
+                                                      for q in qs]
+    return out, replies
 
 
-def teacher_rows(runs: Path, data: Path) -> tuple[dict[str, dict[int, float]], dict[str, dict]]:
+def teacher_rows(runs: Path, data: Path) -> tuple[dict[str, dict[int, float]], dict[str, dict],
+                                                  dict[str, dict[int, list[dict]]]]:
     """row -> evaluation passage -> held-out score, for (e) the base teacher and (w), (r1), ... of the warm run;
-    and the seconds per self-edit of each row."""
+    the seconds per self-edit of each row; and the replies graded, where the run kept them (records written before
+    seal-tt kept replies have none)."""
     from core.rundir import read_jsonl
     from pipeline.documents import load_documents
 
     order = {d.id: i for i, d in enumerate(load_documents(str(data / "heldout.json")))}
-    rows, seconds = {}, {}
+    rows, seconds, replies = {}, {}, {}
     for stage, name in (("base", "e"), ("warm", "w")):
         for r, rdir in enumerate(sorted((runs / stage).glob("round_*"), key=lambda p: int(p.name.split("_")[1]))):
             recs = read_jsonl(rdir / "heldout.jsonl")
@@ -44,7 +50,13 @@ def teacher_rows(runs: Path, data: Path) -> tuple[dict[str, dict[int, float]], d
             label = name if r == 0 else f"r{r}"
             rows[label] = {order[x["context"]]: x["score"] for x in recs}
             seconds[label] = _seconds(rdir, recs)
-    return rows, seconds
+            # an invalid self-edit was never trained: the student answers as it did before (the baseline's replies)
+            base = {b["context"]: b.get("replies") for b in read_jsonl(runs / stage / "baselines.jsonl")}
+            got = {order[x["context"]]: (x["replies"][0] if x.get("replies") else None if x["valid"]
+                                         else base.get(x["context"])) for x in recs}
+            replies[label] = {i: [{"question": q["question"], "score": q["score"], "pred": q["pred"]} for q in qs]
+                              for i, qs in got.items() if qs}
+    return rows, seconds, replies
 
 
 def _seconds(rdir: Path, recs: list[dict]) -> dict:
@@ -88,16 +100,40 @@ def _label(name: str) -> str:
         or f"({name}) after ReST-EM round {name[1:]}"
 
 
-def table(rows: dict[str, dict[int, float]], seconds: dict) -> str:
+def kept_and_recited(replies: dict[int, list[dict]], ceiling: dict[int, list[dict]],
+                     passages: dict[int, str]) -> tuple[dict | None, float | None]:
+    """Of the questions answered right open book, the share this row answers right closed book (pooled over its
+    passages, matched by question; bootstrap over passages); and the share of its right replies that recite the
+    passage (`recipe_report.copied` >= 0.5). None where there is nothing to count."""
+    from recipe_report import copied, kept_share
+
+    common = sorted(i for i in set(replies) & set(ceiling) if {q["question"] for q in replies[i]}
+                    == {q["question"] for q in ceiling[i]})
+    kept = None
+    if common:
+        mine = {i: {q["question"]: q["score"] for q in replies[i]} for i in common}
+        book = {i: [q["score"] for q in ceiling[i]] for i in common}
+        kept = kept_share({i: [mine[i][q["question"]] for q in ceiling[i]] for i in common}, book, common)
+        kept = kept if kept.get("mean") is not None else None
+    right = [(i, q) for i, qs in replies.items() for q in qs if q["score"] >= 0.5 and i in passages]
+    recited = sum(copied(q["pred"], passages[i]) >= 0.5 for i, q in right) / len(right) if right else None
+    return kept, recited
+
+
+def table(rows: dict[str, dict[int, float]], seconds: dict, replies: dict | None = None,
+          passages: dict[int, str] | None = None) -> str:
     """One line per row: its score, paired differences against (b), and -- for the teachers' rows -- against (w) and
-    (c), the 7B base's implications (the moonshot: r1 >= c); the share of the open-book ceiling; seconds per
+    (c), the 7B base's implications (the moonshot: r1 >= c); the share of the open-book ceiling; the kept share and
+    the right replies that recite the passage (where `replies` and the `passages`' texts are given); seconds per
     self-edit."""
     from pipeline.stats import ratio_bootstrap
 
+    replies, passages = replies or {}, passages or {}
     ceiling = rows.get("open", {})
     lines = ["| row | passages | score | vs (b) passage only | vs (w) warm start | vs (c) 7B implications | "
-             "share of the ceiling | s per self-edit: sampling + absorbing (medians) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "share of the ceiling | kept share | right replies recited | s per self-edit: sampling + absorbing "
+             "(medians) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in _order(rows):
         ps = rows[name]
         n = len(ps)
@@ -112,8 +148,12 @@ def table(rows: dict[str, dict[int, float]], seconds: dict) -> str:
         sec = seconds.get(name) or {}
         cost = "—" if sec.get("absorb_median_s") is None else \
             f"{_s(sec.get('sample_median_s'))} + {_s(sec['absorb_median_s'])}"
+        kept, recited = kept_and_recited(replies.get(name, {}), replies.get("open", {}) if name != "open" else {},
+                                         passages)
+        kept_s = "—" if kept is None else f"{kept['mean']:.2f} [{kept['low']:.2f}, {kept['high']:.2f}]"
+        recited_s = "—" if recited is None else f"{recited:.0%}"
         lines.append(f"| {_label(name)} | {n} | {sum(ps.values()) / n:.3f} | {_fmt(compare(rows, name, 'passage'), n)} "
-                     f"| {vs_w} | {vs_c} | {share_s} | {cost} |")
+                     f"| {vs_w} | {vs_c} | {share_s} | {kept_s} | {recited_s} | {cost} |")
     return "\n".join(lines) + "\n"
 
 
@@ -137,10 +177,14 @@ def rounds(runs: Path) -> str:
 
 
 def report(runs: Path, data: Path, eval_run: Path, out: Path | None) -> str:
-    rows = eval_rows(eval_run)
-    taught, seconds = teacher_rows(runs, data)
+    from pipeline.documents import load_documents
+
+    rows, replies = eval_rows(eval_run)
+    taught, seconds, taught_replies = teacher_rows(runs, data)
     rows.update(taught)
-    text = (f"**Held-out: evaluation passages 0-47, graded by {GRADER}**\n\n" + table(rows, seconds)
+    replies.update(taught_replies)
+    passages = {i: d.text for i, d in enumerate(load_documents(str(data / "heldout.json")))}
+    text = (f"**Held-out: evaluation passages 0-47, graded by {GRADER}**\n\n" + table(rows, seconds, replies, passages)
             + "\n**ReST-EM rounds (warm run)**\n\n" + rounds(runs))
     print(text)
     if out is not None:

@@ -143,8 +143,8 @@ def _raw_document_scores(config: TrainTeacherConfig, out: Path, progress: bool) 
         engine = StudentEngine(config.student.model, config.student.lora)
         seed = context_seed(config.seed, "student", 0)  # the seed the held-out self-edits were scored with
         for doc in progress_bar(todo, desc="raw documents", enabled=progress):
-            baseline = task.baseline(engine, doc)
-            score = task.score(engine, doc, Prepared(True, payload=[doc.text]), seed)
+            baseline = float(task.baseline(engine, doc))
+            score = float(task.score(engine, doc, Prepared(True, payload=[doc.text]), seed))
             rec = {"context": doc.id, "baseline": baseline, "score": score}
             append_jsonl(path, rec)
             done[doc.id] = rec

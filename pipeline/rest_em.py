@@ -2,12 +2,14 @@
 
 Run folder (every file appears whole; JSONL grows one finished record at a time; a rerun resumes):
     config.yaml, splits.json          the resolved config; which contexts are held out / used in each round
-    baselines.jsonl                   the student's score before adaptation, once per (student, context)
+    baselines.jsonl                   the student's score before adaptation, once per (student, context), with the
+                                      replies it was graded from (knowledge)
     warm_start/                       with warm_start.files: pairs.jsonl (rendered), data.json (hashes), teacher/,
                                       m_step.json; the teacher that round 0 evaluates and round 1 samples from
     round_0/heldout.jsonl             the initial teacher on held-out contexts (the comparison point)
     round_R/samples.jsonl             the teacher's k self-edits per context (written before any scoring)
-    round_R/e_step.jsonl              one record per self-edit: seeds, scores, reward, timings
+    round_R/e_step.jsonl              one record per self-edit: seeds, scores, reward, timings; the replies graded
+                                      (knowledge: `replies`, one list of {question, gold, pred, score} per seed)
     round_R/samples_more.jsonl        with rest_em.min_contexts_with_winner, when too few contexts had a winner: k more
     round_R/e_step_more.jsonl         self-edits per context (numbered k..2k-1) and their scores, drawn once
     round_R/selected.jsonl            the SFT set; selection.json says how it was chosen (ties, empty contexts, redraw)
@@ -241,10 +243,12 @@ class RestEM:
                 self.tracker.log({f"{phase}/failed": 1}, self._steps[phase])
                 continue
             cid = item.sample["context"]
+            base_replies = rec.pop("baseline_replies", None)  # kept once per context, in baselines.jsonl
             if (student.path, cid) not in self._baselines:
                 self._baselines[(student.path, cid)] = rec["baseline"]
                 append_jsonl(self.run_dir / "baselines.jsonl",
-                             {"student": student.path, "context": cid, "score": rec["baseline"]})
+                             {"student": student.path, "context": cid, "score": rec["baseline"],
+                              **({"replies": base_replies} if base_replies is not None else {})})
             if phase == "heldout":
                 rec["score"] = rec["scores"][0] if rec["scores"] else rec["baseline"]
             rec[stamps.KEY] = expected[(cid, item.sample["sample"])]

@@ -43,6 +43,7 @@ class Scorer:
         self.lora = lora
         self._engine = engine
         self._baselines: dict[str, float] = {}
+        self._baseline_replies: dict[str, list[dict]] = {}
 
     @property
     def engine(self):
@@ -53,13 +54,22 @@ class Scorer:
         return self._engine
 
     def baseline(self, context) -> float:
+        from pipeline.tasks.base import replies_of
+
         cid = self.task.context_id(context)
         if cid not in self._baselines:
-            self._baselines[cid] = float(self.task.baseline(self.engine, context))
+            score = self.task.baseline(self.engine, context)
+            self._baselines[cid] = float(score)
+            if replies_of(score) is not None:
+                self._baseline_replies[cid] = replies_of(score)
         return self._baselines[cid]
 
     def score(self, item: WorkItem) -> dict:
-        """The item's record: every seed's score after absorbing the self-edit, and the reward against the baseline."""
+        """The item's record: every seed's score after absorbing the self-edit, and the reward against the baseline;
+        where the task keeps them, the replies graded (`replies`, one list per seed; `baseline_replies` when this
+        worker took the baseline)."""
+        from pipeline.tasks.base import replies_of
+
         t0 = time.perf_counter()
         ctx, sample = item.context, item.sample
         base = item.baseline if item.baseline is not None else self.baseline(ctx)
@@ -67,10 +77,15 @@ class Scorer:
         rec = {"context": sample["context"], "sample": sample["sample"], "prompt": sample["prompt"],
                "self_edit": sample["self_edit"], "valid": prepared.valid, "invalid_reason": prepared.reason,
                "info": prepared.info, "seeds": item.seeds, "baseline": base}
+        if item.baseline is None and self.task.context_id(ctx) in self._baseline_replies:
+            rec["baseline_replies"] = self._baseline_replies[self.task.context_id(ctx)]
         if not prepared.valid:
             # Recorded, never trained: an unusable self-edit earns nothing.
             return {**rec, "scores": [], "rewards": [], "reward": 0.0, "timings": {"seconds": 0.0}}
-        scores = [float(self.task.score(self.engine, ctx, prepared, seed)) for seed in item.seeds]
+        results = [self.task.score(self.engine, ctx, prepared, seed) for seed in item.seeds]
+        scores = [float(s) for s in results]
+        if all(replies_of(s) is not None for s in results):
+            rec["replies"] = [replies_of(s) for s in results]
         # Knowledge: the gain over the unadapted student. ARC (as the paper): pass@2 itself, so a recipe that keeps
         # a task solved counts as much as one that solves it first.
         rewards = [s - base for s in scores] if getattr(self.task, "reward_is_gain", True) else scores

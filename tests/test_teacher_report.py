@@ -29,7 +29,25 @@ def test_rows_come_in_the_benchmarks_order_and_pair_only_shared_passages():
     assert r1[3].startswith("+0.875 [")  # vs (b), all 4 passages: no count
     assert r1[4].startswith("+0.375 [") and "(n=" not in r1[4]
     assert r1[5].startswith("+0.500 [") and r1[5].endswith("(n=2)")  # (c) holds passages 0 and 1 only
-    assert r1[6].startswith("0.88 [") and r1[7] == "55 + 301"
+    assert r1[6].startswith("0.88 [") and r1[7:] == ["—", "—", "55 + 301"]  # no replies given: no kept share
     b = _line(text, "(b) passage only")
     assert b[3:6] == ["—", "—", "—"]  # an evaluation row is compared with (b) only, and not with itself
     assert _line(text, "(w) after the warm start")[4] == "—"
+
+
+def test_kept_share_matches_questions_by_text_and_recited_replies_copy_the_passage():
+    from teacher_report import kept_and_recited
+
+    passage = "the quick brown fox jumps over the lazy dog near the river bank today"
+
+    def q(text, score, pred="no"):
+        return {"question": text, "score": score, "pred": pred}
+
+    ceiling = {0: [q("a", 1), q("b", 1), q("c", 0)], 1: [q("d", 1), q("e", 0)]}
+    recited = "the quick brown fox jumps over the lazy dog"  # 9 words, all in one 8-word run of the passage
+    # the row's replies in another question order: matched by text, not position
+    replies = {0: [q("c", 1, "yes"), q("b", 1, recited), q("a", 0)], 1: [q("e", 0), q("d", 1, "a fox")]}
+    kept, share = kept_and_recited(replies, ceiling, {0: passage, 1: passage})
+    assert kept["mean"] == 2 / 3  # right open book: a, b, d; closed book also: b, d
+    assert share == 1 / 3  # right replies: c, b, d; only b recites the passage
+    assert kept_and_recited({}, ceiling, {0: passage}) == (None, None)

@@ -52,6 +52,12 @@ def test_two_rounds_leave_records_selections_checkpoints_and_metrics(tiny_models
         records = _jsonl(rd / "e_step.jsonl")
         assert len(records) == 6 and all(len(x["scores"]) == 2 for x in records if x["valid"])
         assert all(x["reward"] == pytest.approx(sum(x["rewards"]) / 2) for x in records if x["valid"])
+        # each seed's replies are kept whole with their grades, so a record can be graded again without training
+        for x in (x for x in records if x["valid"]):
+            assert len(x["replies"]) == 2 and "baseline_replies" not in x
+            for score, replies in zip(x["scores"], x["replies"]):
+                assert replies and all(isinstance(q["pred"], str) and q["gold"] and q["question"] for q in replies)
+                assert score == pytest.approx(sum(q["score"] for q in replies) / len(replies))
         assert len(_jsonl(rd / "selected.jsonl")) == 2
         assert (rd / "teacher/adapter_model.safetensors").exists()
     m2 = json.loads((out / "round_2/m_step.json").read_text())
@@ -59,6 +65,8 @@ def test_two_rounds_leave_records_selections_checkpoints_and_metrics(tiny_models
     baselines = _jsonl(out / "baselines.jsonl")
     keys = [(b["student"], b["context"]) for b in baselines]
     assert len(keys) == len(set(keys))  # cached: computed once per context
+    assert all(b["score"] == pytest.approx(sum(q["score"] for q in b["replies"]) / len(b["replies"]))
+               for b in baselines)
     assert (out / "summary.md").read_text().count("\n| ") == 4
     assert f"trained teacher (pass as --teacher to adapt-student): {out / 'round_2/teacher'}" in stdout
 

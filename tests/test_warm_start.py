@@ -245,8 +245,9 @@ def _read_by_the_teacher_benchmark(run: Path, data: Path) -> None:
 
     (data / "runs").mkdir()
     (data / "runs/warm").symlink_to(run)
-    rows, seconds = teacher_rows(data / "runs", data)
+    rows, seconds, replies = teacher_rows(data / "runs", data)
     assert set(rows) == {"w", "r1"} and all(set(r) == {0, 1} for r in rows.values())
+    assert all(len(replies[r][i]) == 1 and replies[r][i][0]["question"] == HELDOUT[i][2] for r in rows for i in (0, 1))
     assert all(s["sample_median_s"] is not None and s["absorb_median_s"] > 0 for s in seconds.values())
     assert "| (r1) after ReST-EM round 1 | 2 |" in table(rows, seconds)
     assert rounds(data / "runs").splitlines()[2].startswith("| 1 | ")

@@ -20,6 +20,23 @@ class Prepared:
     info: dict = field(default_factory=dict)  # JSON-able details for the records (counts, the parsed recipe, ...)
 
 
+class Scored(float):
+    """A score that carries the replies it was graded from ({question, gold, pred, score} per question), so that a
+    run's records can be graded again without training again. It is a float everywhere else."""
+
+    replies: list[dict]
+
+    def __new__(cls, score: float, replies: list[dict]):
+        obj = super().__new__(cls, score)
+        obj.replies = replies
+        return obj
+
+
+def replies_of(score) -> list[dict] | None:
+    """The replies a task's score was graded from (None: the task does not keep them)."""
+    return getattr(score, "replies", None)
+
+
 class SelfEditTask(Protocol):
     name: str
 
@@ -32,7 +49,8 @@ class SelfEditTask(Protocol):
         """Turn a teacher completion into something the student can absorb."""
 
     def baseline(self, engine, context) -> float:
-        """The student's score on the context before any adaptation (engine LoRA freshly reset)."""
+        """The student's score on the context before any adaptation (engine LoRA freshly reset); a `Scored` where
+        the task keeps the replies."""
 
     def score(self, engine, context, prepared: Prepared, seed: int) -> float:
         """Reset the engine's LoRA, absorb `prepared` under `seed`, return the score after."""

@@ -343,7 +343,10 @@ class KnowledgeTask:
         if score is None:
             raise UserError(f"document {doc.id!r}: student.eval.metric={grader.metric} needs at least two "
                             "questions with different answers (the other answers are its rivals)")
-        return score
+        from pipeline.tasks.base import Scored
+
+        return Scored(score, [{"question": r.question, "gold": r.answers, "pred": r.prediction, "score": r.score}
+                              for r in results])
 
     def baseline(self, engine, doc: Document) -> float:
         engine.reset()
