@@ -58,6 +58,37 @@ def save(run: Path, raw: Path, name: str) -> dict[str, int]:
     return out
 
 
+# A train-teacher run folder's compact record: everything but its weights (teacher LoRAs, merged models).
+RUN_FILES = ("*.jsonl", "*.json", "*.md", "*.yaml")
+
+
+def save_run(run: Path, dest: Path) -> dict[str, int]:
+    """Copy a seal-tt run folder's records and summaries (RUN_FILES, at any depth; no weights) under `dest`, each
+    JSONL gzipped; returns relative path -> lines (JSONL) or bytes. A saved JSONL must be a prefix of the run's, as
+    in `save`; the other files are the run's current summaries and replace their saved copies."""
+    out = {}
+    weights = {f.parent for f in run.rglob("*.safetensors")}  # a model or adapter folder: its configs go with it
+    files = sorted({f for pattern in RUN_FILES for f in run.rglob(pattern) if f.is_file()})
+    for f in files:
+        rel = f.relative_to(run)
+        if any(part.startswith(".") for part in rel.parts) or weights & set(f.parents):
+            continue  # a file being written (atomic writes go through a hidden temporary), or a model's own
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if f.suffix == ".jsonl":
+            lines = _lines(f.read_bytes())
+            target = target.with_name(target.name + ".gz")
+            if target.exists() and not _is_prefix(_lines(gzip.decompress(target.read_bytes())), lines):
+                raise SystemExit(f"{target} holds records that {f} does not; not overwritten")
+            _write_bytes(target, gzip.compress(b"".join(lines), mtime=0))
+            out[str(rel)] = len(lines)
+        else:
+            data = f.read_bytes()
+            _write_bytes(target, data)
+            out[str(rel)] = len(data)
+    return out
+
+
 def restore(run: Path, raw: Path, name: str) -> dict[str, int]:
     """Write the saved records back into `run` where it lacks them; returns file name -> lines restored."""
     saved = sorted(raw.glob(f"{name}_records*.jsonl.gz"))

@@ -10,6 +10,7 @@ row is evaluation passages 0-47, the rows (a)-(d) and the ceiling of `real_recip
     python benchmarks/real_teacher.py run base                # (e): the base teacher, held-out only (rounds 0)
     python benchmarks/real_teacher.py run warm                # (w), (r1): warm start, then ReST-EM rounds
     python benchmarks/real_teacher.py report --out benchmarks/results/real_teacher
+    python benchmarks/real_teacher.py save     # the runs' records (no weights) into benchmarks/results/real_teacher/raw
 
 Each run is `seal-tt train-teacher` on a run folder under runs/teacher/: rerun the same command to resume.
 """
@@ -108,6 +109,9 @@ def main(argv=None) -> None:
     r.add_argument("--model", default=None, help="teacher and student (default: SmolLM2-135M-Instruct)")
     r.add_argument("--runs", default=str(RUNS), help="the folder of the stages' run folders")
     r.add_argument("extra", nargs=argparse.REMAINDER, help="more train-teacher options (e.g. --rounds 2)")
+    v = sub.add_parser("save", help="the runs' records and summaries, no weights, into the repo")
+    v.add_argument("--runs", default=str(RUNS))
+    v.add_argument("--raw", default=str(ROOT / "benchmarks/results/real_teacher/raw"))
     q = sub.add_parser("report")
     q.add_argument("--out", default=None)
     q.add_argument("--runs", default=str(RUNS), help="the folder of the stages' run folders")
@@ -116,6 +120,13 @@ def main(argv=None) -> None:
     data = RUNS / "data"
     if args.cmd == "prepare":
         prepare(data)
+    elif args.cmd == "save":
+        from raw_records import save_run
+
+        for stage in ("base", "warm"):
+            if (Path(args.runs) / stage).is_dir():
+                saved = save_run(Path(args.runs) / stage, Path(args.raw) / stage)
+                print(f"{Path(args.raw) / stage}: {len(saved)} files, {sum(n for k, n in saved.items() if k.endswith('.jsonl'))} records")
     elif args.cmd == "run":
         if not (data / "rest_em.json").exists():
             prepare(data)

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from raw_records import restore, save  # noqa: E402
+from raw_records import restore, save, save_run  # noqa: E402
 
 
 def _run(path: Path, files: dict[str, str]) -> Path:
@@ -50,3 +50,25 @@ def test_disagreeing_records_are_refused_not_overwritten(tmp_path):
     (run / "bench.json").write_text('{"a": 2}')
     with pytest.raises(SystemExit, match="other settings"):
         restore(run, raw, "eval")
+
+
+def test_a_run_folder_is_saved_without_its_weights_and_only_grows(tmp_path):
+    run = tmp_path / "run"
+    files = {"metrics.jsonl": '{"round": 0}\n', "summary.md": "| round |\n", "config.yaml": "rounds: 1\n",
+             "round_1/e_step.jsonl": '{"reward": 0.5}\n', "round_1/m_step.json": "{}",
+             "round_1/teacher/adapter_config.json": "{}", "round_1/teacher/adapter_model.safetensors": "weights",
+             "round_1/.e_step.jsonl.tmp": "half"}
+    for name, text in files.items():
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(text)
+    dest = tmp_path / "raw"
+    saved = save_run(run, dest)
+    assert sorted(saved) == ["config.yaml", "metrics.jsonl", "round_1/e_step.jsonl", "round_1/m_step.json",
+                             "summary.md"]
+    assert gzip.decompress((dest / "round_1/e_step.jsonl.gz").read_bytes()) == b'{"reward": 0.5}\n'
+    assert not (dest / "round_1/teacher").exists()
+    (run / "round_1/e_step.jsonl").write_text('{"reward": 0.5}\n{"reward": 1.0}\n')
+    assert save_run(run, dest)["round_1/e_step.jsonl"] == 2
+    (run / "round_1/e_step.jsonl").write_text('{"reward": 0.0}\n')
+    with pytest.raises(SystemExit, match="not overwritten"):
+        save_run(run, dest)
