@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.rundir import atomic_write_bytes as _write_bytes  # noqa: E402
 
 
 def _lines(data: bytes) -> list[bytes]:
@@ -23,20 +28,6 @@ def _lines(data: bytes) -> list[bytes]:
 
 def _is_prefix(a: list[bytes], b: list[bytes]) -> bool:
     return b[:len(a)] == a
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(run: Path, raw: Path, name: str) -> dict[str, int]:

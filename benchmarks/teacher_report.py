@@ -43,6 +43,7 @@ def teacher_rows(runs: Path, data: Path) -> tuple[dict[str, dict[int, float]], d
     order = {d.id: i for i, d in enumerate(load_documents(str(data / "heldout.json")))}
     rows, seconds, replies = {}, {}, {}
     for stage, name in (("base", "e"), ("warm", "w")):
+        base = {b["context"]: b.get("replies") for b in read_jsonl(runs / stage / "baselines.jsonl")}
         for r, rdir in enumerate(sorted((runs / stage).glob("round_*"), key=lambda p: int(p.name.split("_")[1]))):
             recs = read_jsonl(rdir / "heldout.jsonl")
             if not recs or (stage == "base" and r > 0):
@@ -51,7 +52,6 @@ def teacher_rows(runs: Path, data: Path) -> tuple[dict[str, dict[int, float]], d
             rows[label] = {order[x["context"]]: x["score"] for x in recs}
             seconds[label] = _seconds(rdir, recs)
             # an invalid self-edit was never trained: the student answers as it did before (the baseline's replies)
-            base = {b["context"]: b.get("replies") for b in read_jsonl(runs / stage / "baselines.jsonl")}
             got = {order[x["context"]]: (x["replies"][0] if x.get("replies") else None if x["valid"]
                                          else base.get(x["context"])) for x in recs}
             replies[label] = {i: [{"question": q["question"], "score": q["score"], "pred": q["pred"]} for q in qs]
