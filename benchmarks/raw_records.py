@@ -30,6 +30,14 @@ def _is_prefix(a: list[bytes], b: list[bytes]) -> bool:
     return b[:len(a)] == a
 
 
+def _saved_lines(path: Path) -> list[bytes]:
+    """The lines of a file this module saved before; anything else there is refused, never replaced."""
+    try:
+        return _lines(gzip.decompress(path.read_bytes()))
+    except (OSError, EOFError, ValueError):
+        raise SystemExit(f"{path} is not a gzipped records file; not overwritten") from None
+
+
 def save(run: Path, raw: Path, name: str) -> dict[str, int]:
     """Gzip the run's records into `raw`; returns file name -> lines saved."""
     raw.mkdir(parents=True, exist_ok=True)
@@ -38,25 +46,39 @@ def save(run: Path, raw: Path, name: str) -> dict[str, int]:
         lines = _lines(f.read_bytes())
         dest = raw / f"{name}_{f.name}.gz"
         if dest.exists():
-            old = _lines(gzip.decompress(dest.read_bytes()))
+            old = _saved_lines(dest)
             if not _is_prefix(old, lines):
                 raise SystemExit(f"{dest} holds records that {f} does not; not overwritten")
         _write_bytes(dest, gzip.compress(b"".join(lines), mtime=0))
         out[dest.name] = len(lines)
-    bench = run / "bench.json"
+    bench, saved = run / "bench.json", raw / f"{name}_bench.json"
     if bench.exists():
-        _write_bytes(raw / f"{name}_bench.json", bench.read_bytes())
+        if saved.exists() and json.loads(saved.read_text()) != json.loads(bench.read_text()):
+            raise SystemExit(f"{saved} was saved from a run with other settings than {bench}; not overwritten "
+                             "(save under another --as)")
+        _write_bytes(saved, bench.read_bytes())
     return out
 
 
 # A train-teacher run folder's compact record: everything but its weights (teacher LoRAs, merged models).
 RUN_FILES = ("*.jsonl", "*.json", "*.md", "*.yaml")
+MARKER = "saved_from.json"  # in a save_run folder: the run it holds
 
 
 def save_run(run: Path, dest: Path) -> dict[str, int]:
     """Copy a seal-tt run folder's records and summaries (RUN_FILES, at any depth; no weights) under `dest`, each
     JSONL gzipped; returns relative path -> lines (JSONL) or bytes. A saved JSONL must be a prefix of the run's, as
-    in `save`; the other files are the run's current summaries and replace their saved copies."""
+    in `save`; the other files are the run's current summaries and replace their saved copies, in a `dest` that this
+    function saved the same run into before (its MARKER names the run) and nowhere else."""
+    marker, me = dest / MARKER, {"run": str(run.resolve())}
+    if dest.exists() and any(dest.iterdir()):
+        try:
+            mine = json.loads(marker.read_text()) == me
+        except (OSError, ValueError):
+            mine = False
+        if not mine:
+            raise SystemExit(f"{dest} holds files not saved from {run}; nothing overwritten (use another folder)")
+    _write_bytes(marker, (json.dumps(me) + "\n").encode())
     out = {}
     weights = {f.parent for f in run.rglob("*.safetensors")}  # a model or adapter folder: its configs go with it
     files = sorted({f for pattern in RUN_FILES for f in run.rglob(pattern) if f.is_file()})
@@ -69,7 +91,7 @@ def save_run(run: Path, dest: Path) -> dict[str, int]:
         if f.suffix == ".jsonl":
             lines = _lines(f.read_bytes())
             target = target.with_name(target.name + ".gz")
-            if target.exists() and not _is_prefix(_lines(gzip.decompress(target.read_bytes())), lines):
+            if target.exists() and not _is_prefix(_saved_lines(target), lines):
                 raise SystemExit(f"{target} holds records that {f} does not; not overwritten")
             _write_bytes(target, gzip.compress(b"".join(lines), mtime=0))
             out[str(rel)] = len(lines)

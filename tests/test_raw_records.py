@@ -72,3 +72,27 @@ def test_a_run_folder_is_saved_without_its_weights_and_only_grows(tmp_path):
     (run / "round_1/e_step.jsonl").write_text('{"reward": 0.0}\n')
     with pytest.raises(SystemExit, match="not overwritten"):
         save_run(run, dest)
+
+    # a folder it did not save this run into is left alone, whatever it holds
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "summary.md").write_text("the user's own notes")
+    (run / "round_1/e_step.jsonl").write_text('{"reward": 0.5}\n')
+    with pytest.raises(SystemExit, match="nothing overwritten"):
+        save_run(run, other)
+    assert (other / "summary.md").read_text() == "the user's own notes" and len(list(other.iterdir())) == 1
+
+
+def test_save_refuses_a_file_it_did_not_write_and_another_runs_settings(tmp_path):
+    run = _run(tmp_path / "run", {"records.0.jsonl": '{"key": "x"}\n'})
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "eval_records.0.jsonl.gz").write_text("not gzip")
+    with pytest.raises(SystemExit, match="not a gzipped records file"):
+        save(run, raw, "eval")
+    assert (raw / "eval_records.0.jsonl.gz").read_text() == "not gzip"
+    (raw / "eval_records.0.jsonl.gz").unlink()
+    (raw / "eval_bench.json").write_text('{"a": 2}')
+    with pytest.raises(SystemExit, match="other settings"):
+        save(run, raw, "eval")
+    assert (raw / "eval_bench.json").read_text() == '{"a": 2}'
